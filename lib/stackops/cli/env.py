@@ -1,0 +1,84 @@
+"""env.up / env.down / env.status and doctor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import Collection, Exit, task
+
+from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
+
+
+def show_status(rt: Any, s: Any, as_json: bool) -> bool:
+    from stackops.report import human_bytes
+
+    services = rt.status()
+    healthy = all(x.healthy is not False for x in services) and any(x.state == "running" or
+                                                                      x.state == "external" for x in services)
+    if as_json:
+        print_json({"env": s.env.name, "runtime": rt.kind, "healthy": healthy, "services": services,
+                    "backups_dir": s.env.backups_dir})
+        return healthy
+    print(f"environment {s.env.name} (runtime {rt.kind}{', protected' if s.env.protected else ''})")
+    rows = []
+    for x in services:
+        health = {True: "healthy", False: "UNHEALTHY", None: "-"}[x.healthy]
+        size = human_bytes(x.size_bytes) if x.size_bytes is not None else "-"
+        rows.append([x.name, x.state, health, x.port or "-", x.pid or "-", size, x.data_dir, x.detail])
+    print(table(["service", "state", "health", "port", "pid", "size", "data", "detail"], rows))
+    return healthy
+
+
+@task(help={"env": ENV_HELP})
+@guarded
+def up(c, env=None):
+    """Start the environment's services (idempotent) and wait until they are healthy."""
+    s = settings(c, env)
+    report = reporter()
+    rt = runtime(s, report)
+    rt.up(report)
+    if not show_status(rt, s, as_json=False):
+        raise Exit(f"stackops: environment {s.env.name} started but is not healthy (see the table above)", code=1)
+
+
+@task(help={"env": ENV_HELP, "remove_data": "also delete the databases and Redis data (refused when protected)"})
+@guarded
+def down(c, env=None, remove_data=False):
+    """Stop the environment's services, keeping their data (idempotent)."""
+    s = settings(c, env)
+    report = reporter()
+    runtime(s, report).down(report, remove_data=remove_data)
+
+
+@task(help={"env": ENV_HELP, "json": JSON_HELP})
+@guarded
+def status(c, env=None, json=False):
+    """Show services, ports, health, data folders and sizes; exit 1 when not healthy."""
+    s = settings(c, env)
+    rt = runtime(s, None if json else reporter())
+    if not show_status(rt, s, as_json=json):
+        raise Exit(code=1)
+
+
+@task(help={"json": JSON_HELP})
+@guarded
+def doctor(c, json=False):
+    """List every prerequisite, found or missing, with the exact command that installs it."""
+    from stackops.prereq import doctor_checks
+
+    checks = doctor_checks()
+    if json:
+        print_json(checks)
+    else:
+        rows = [["ok" if x.ok else ("MISSING" if x.required else "absent"), x.name, x.detail,
+                 "" if x.ok else x.hint] for x in checks]
+        print(table(["", "prerequisite", "found", "install with"], rows))
+    missing = [x.name for x in checks if x.required and not x.ok]
+    if missing:
+        raise Exit(f"stackops: missing prerequisites: {', '.join(missing)}", code=3)
+
+
+ns = Collection("env")
+ns.add_task(up)
+ns.add_task(down)
+ns.add_task(status)

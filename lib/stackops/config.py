@@ -1,0 +1,212 @@
+"""Typed, validated configuration: one object per environment, built from invoke's config.
+
+invoke merges invoke.yaml and the INVOKE_STACKOPS_* environment variables; this module turns
+the merged ``stackops`` mapping into frozen dataclasses and stops on the first bad key with
+one line naming the key and the accepted values. Nothing below tasks.py reads os.environ.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stackops.errors import ConfigError
+
+RUNTIME_KINDS = ("auto", "compose", "local", "external")
+ENV_KEYS = {
+    "runtime", "compose_project", "compose_files", "db_name", "db_user", "db_host",
+    "db_password_file", "ports", "uploads_dir", "backups_dir", "state_dir", "protected",
+}
+PORT_KEYS = ("postgres", "redis", "backend")
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_DURATION = re.compile(r"^\d+(ms|s|min)?$")
+
+
+@dataclass(frozen=True)
+class Ports:
+    postgres: int
+    redis: int
+    backend: int
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything stackops knows about one environment (dev, test or prod)."""
+
+    name: str
+    runtime: str
+    compose_project: str
+    compose_files: tuple[Path, ...]
+    db_name: str
+    db_user: str
+    db_host: str
+    db_password_file: Path | None
+    ports: Ports
+    uploads_dir: Path
+    backups_dir: Path
+    state_dir: Path
+    protected: bool
+
+
+@dataclass(frozen=True)
+class Retention:
+    daily: int
+    weekly: int
+    pre_migration_days: int
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    directory: Path
+    lock_timeout: str
+    statement_timeout: str
+    lock_wait_seconds: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration for the environment a task was asked to work on."""
+
+    root: Path
+    env: EnvConfig
+    env_names: tuple[str, ...]
+    retention: Retention
+    migrations: MigrationSettings
+    pg_bindir: Path | None
+
+
+def _key(env: str | None, *parts: str) -> str:
+    return ".".join(["stackops", *(["envs", env] if env else []), *parts])
+
+
+def _str(raw: Mapping[str, Any], key: str, where: str, pattern: re.Pattern[str] | None = None,
+         accepted: str = "") -> str:
+    if key not in raw:
+        raise ConfigError(f"config key {where} is missing: set it in invoke.yaml")
+    value = raw[key]
+    if not isinstance(value, str) or value == "":
+        raise ConfigError(f"config key {where} must be a non-empty string, got {value!r}")
+    if pattern is not None and not pattern.match(value):
+        raise ConfigError(f"config key {where} has bad value {value!r}: accepted values are {accepted}")
+    return value
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"\d+", text) or not low <= int(text) <= high:
+        raise ConfigError(
+            f"config key {where} has bad value {value!r}: accepted values are integers {low}..{high}"
+        )
+    return int(text)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"config key {where} has bad value {value!r}: accepted values are true, false")
+
+
+def _path(root: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else root / p
+
+
+def _env(name: str, raw: Mapping[str, Any], root: Path) -> EnvConfig:
+    unknown = sorted(set(raw) - ENV_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"config key {_key(name, unknown[0])} is unknown: accepted keys are {', '.join(sorted(ENV_KEYS))}"
+        )
+    runtime = _str(raw, "runtime", _key(name, "runtime"))
+    if runtime not in RUNTIME_KINDS:
+        raise ConfigError(
+            f"config key {_key(name, 'runtime')} has bad value {runtime!r}: "
+            f"accepted values are {', '.join(RUNTIME_KINDS)}"
+        )
+    ports_raw = raw.get("ports")
+    if not isinstance(ports_raw, Mapping):
+        raise ConfigError(f"config key {_key(name, 'ports')} must map {', '.join(PORT_KEYS)} to port numbers")
+    ports = Ports(**{
+        k: _int(ports_raw.get(k), _key(name, "ports", k), 1024, 65535) for k in PORT_KEYS
+    })
+    password_file = str(raw.get("db_password_file") or "")
+    return EnvConfig(
+        name=name,
+        runtime=runtime,
+        compose_project=_str(raw, "compose_project", _key(name, "compose_project"), _PROJECT,
+                             "lowercase letters, digits, '-' and '_'"),
+        compose_files=tuple(
+            _path(root, f) for f in _str(raw, "compose_files", _key(name, "compose_files")).split(":") if f
+        ),
+        db_name=_str(raw, "db_name", _key(name, "db_name"), _IDENT, "a lowercase SQL identifier"),
+        db_user=_str(raw, "db_user", _key(name, "db_user"), _IDENT, "a lowercase SQL identifier"),
+        db_host=_str(raw, "db_host", _key(name, "db_host")),
+        db_password_file=_path(root, password_file) if password_file else None,
+        ports=ports,
+        uploads_dir=_path(root, _str(raw, "uploads_dir", _key(name, "uploads_dir"))),
+        backups_dir=_path(root, _str(raw, "backups_dir", _key(name, "backups_dir"))),
+        state_dir=_path(root, _str(raw, "state_dir", _key(name, "state_dir"))),
+        protected=_bool(raw.get("protected", False), _key(name, "protected")),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """invoke's DataProxy -> plain dicts, so validation sees ordinary mappings."""
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        return {k: _plain(value[k]) for k in value.keys()}
+    return value
+
+
+def load(raw_config: Any, env_name: str | None, root: Path) -> Settings:
+    """Validate the ``stackops`` config mapping and return the Settings for ``env_name``."""
+    raw = _plain(raw_config)
+    if not isinstance(raw, dict):
+        raise ConfigError("config key stackops is missing: the project's invoke.yaml was not loaded")
+    envs = raw.get("envs")
+    if not isinstance(envs, dict) or not envs:
+        raise ConfigError("config key stackops.envs is missing: declare dev, test and prod in invoke.yaml")
+    names = tuple(envs)
+    name = env_name or raw.get("default_env") or "dev"
+    if name not in envs:
+        raise ConfigError(
+            f"unknown environment {name!r} (config key stackops.envs): accepted values are {', '.join(names)}"
+        )
+    env = _env(name, envs[name], root)
+    ret = raw.get("retention") or {}
+    mig = raw.get("migrations") or {}
+    for key in ("lock_timeout", "statement_timeout"):
+        value = str(mig.get(key, "0"))
+        if not _DURATION.match(value):
+            raise ConfigError(
+                f"config key stackops.migrations.{key} has bad value {value!r}: "
+                "accepted values are a number with unit ms, s or min (e.g. 5s)"
+            )
+    bindir = str(raw.get("pg_bindir") or "")
+    return Settings(
+        root=root,
+        env=env,
+        env_names=names,
+        retention=Retention(
+            daily=_int(ret.get("daily", 30), "stackops.retention.daily", 0, 3650),
+            weekly=_int(ret.get("weekly", 52), "stackops.retention.weekly", 0, 520),
+            pre_migration_days=_int(ret.get("pre_migration_days", 7), "stackops.retention.pre_migration_days",
+                                    0, 3650),
+        ),
+        migrations=MigrationSettings(
+            directory=_path(root, str(mig.get("dir", "migrations"))),
+            lock_timeout=str(mig.get("lock_timeout", "5s")),
+            statement_timeout=str(mig.get("statement_timeout", "0")),
+            lock_wait_seconds=_int(mig.get("lock_wait_seconds", 60), "stackops.migrations.lock_wait_seconds",
+                                   0, 86400),
+        ),
+        pg_bindir=_path(root, bindir) if bindir else None,
+    )

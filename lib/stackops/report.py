@@ -1,0 +1,68 @@
+"""Progress reporting handed from tasks.py to capabilities (which never print themselves)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class Reporter:
+    """Steps as one line each; byte progress redrawn in place on a terminal, throttled otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.tty = self.stream.isatty()
+        self.lines: list[str] = []
+        self._last_progress = 0.0
+        self._progress_open = False
+
+    def _emit(self, line: str) -> None:
+        self.lines.append(line)
+        if self.quiet:
+            return
+        if self._progress_open:
+            self.stream.write("\n")
+            self._progress_open = False
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def step(self, message: str) -> None:
+        self._emit(f"==> {message}")
+
+    def info(self, message: str) -> None:
+        self._emit(f"    {message}")
+
+    def warn(self, message: str) -> None:
+        self._emit(f"!!  {message}")
+
+    def progress(self, label: str, done: int, started: float, final: bool = False) -> None:
+        """Bytes done so far with rate and elapsed time; only redrawn on a terminal."""
+        now = time.monotonic()
+        if self.quiet or not self.tty or (not final and now - self._last_progress < 0.2):
+            return
+        self._last_progress = now
+        elapsed = max(now - started, 1e-6)
+        self.stream.write(
+            f"\r    {label}: {human_bytes(done)} at {human_bytes(done / elapsed)}/s, {elapsed:.1f}s elapsed"
+        )
+        self._progress_open = not final
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class NullReporter(Reporter):
+    """Collects lines without printing (tests, --json)."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=sys.stderr, quiet=True)

@@ -1,0 +1,38 @@
+"""stackops tasks: one invoke task per command of the ImpactBot v2 data management guide.
+
+Thin wiring only: each task lives in stackops.cli.<capability>, which parses flags, calls one
+capability from the helper library and renders the result. `invoke --list` shows them all.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, task
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT / "lib") not in sys.path:  # works before `pip install -e .` too
+    sys.path.insert(0, str(ROOT / "lib"))
+
+from stackops.cli import ENV_HELP, guarded, reporter, runtime, settings  # noqa: E402
+from stackops.cli import env as env_tasks  # noqa: E402
+
+
+@task(help={"env": ENV_HELP})
+@guarded
+def demo(c, env=None):
+    """The main job, end to end: bring the environment up and show its status."""
+    s = settings(c, env)
+    report = reporter()
+    report.step(f"demo on environment {s.env.name}")
+    rt = runtime(s, report)
+    rt.up(report)
+    env_tasks.show_status(rt, s, as_json=False)
+
+
+ns = Collection()
+ns.add_task(demo)
+ns.add_task(env_tasks.doctor)
+ns.add_collection(env_tasks.ns)
+ns.configure({"stackops_root": str(ROOT)})
