@@ -16,7 +16,12 @@ if str(ROOT / "lib") not in sys.path:  # works before `pip install -e .` too
     sys.path.insert(0, str(ROOT / "lib"))
 
 from stackops.cli import ENV_HELP, guarded, reporter, runtime, settings  # noqa: E402
+from stackops.cli import backup as backup_tasks  # noqa: E402
+from stackops.cli import db as db_tasks  # noqa: E402
 from stackops.cli import env as env_tasks  # noqa: E402
+from stackops.cli import images as images_tasks  # noqa: E402
+from stackops.cli import migrate as migrate_tasks  # noqa: E402
+from stackops.cli import restore as restore_tasks  # noqa: E402
 
 
 @task(help={"env": ENV_HELP})
@@ -34,5 +39,7 @@ def demo(c, env=None):
 ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
-ns.add_collection(env_tasks.ns)
+for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, images_tasks):
+    if sub.ns.task_names or sub.ns.collections:
+        ns.add_collection(sub.ns)
 ns.configure({"stackops_root": str(ROOT)})

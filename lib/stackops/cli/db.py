@@ -1,0 +1,7 @@
+"""db tasks (wired into tasks.py)."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+ns = Collection("db")

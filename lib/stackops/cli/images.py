@@ -1,0 +1,7 @@
+"""images tasks (wired into tasks.py)."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+ns = Collection("images")
