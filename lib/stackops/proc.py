@@ -68,3 +68,60 @@ def spawn(cmd: Cmd, *, stdin: int | IO[Any] | None = None, stdout: int | IO[Any]
         return subprocess.Popen(cmd.argv, stdin=stdin, stdout=stdout, stderr=stderr, **cmd._kwargs())
     except FileNotFoundError as exc:
         raise PrerequisiteError(f"{cmd.argv[0]} not found: {exc.strerror}") from exc
+
+
+def pipeline(cmds: list[Cmd], sink: IO[bytes] | None = None, on_chunk: Any = None,
+             stdin_file: IO[bytes] | None = None) -> int:
+    """Run ``cmds`` connected by OS pipes; stream the last one's stdout to ``sink`` (if given) calling
+    ``on_chunk(chunk)`` for each block. Every process is checked; on any failure all are killed and
+    CommandFailed names the first one that failed. Returns the bytes streamed."""
+    import tempfile
+
+    procs: list[subprocess.Popen[bytes]] = []
+    errs: list[IO[bytes]] = []
+    total = 0
+    try:
+        prev: Any = stdin_file
+        for i, cmd in enumerate(cmds):
+            err = tempfile.TemporaryFile()
+            errs.append(err)
+            last = i == len(cmds) - 1
+            out = subprocess.PIPE if (not last or sink is not None) else subprocess.DEVNULL
+            p = spawn(cmd, stdin=prev, stdout=out, stderr=err)
+            if prev is not None and prev is not stdin_file:
+                prev.close()  # the child holds its own copy; ours must close so EOF propagates
+            prev = p.stdout
+            procs.append(p)
+        if sink is not None:
+            assert prev is not None
+            while chunk := prev.read(1 << 20):
+                sink.write(chunk)
+                total += len(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+        for p in procs:
+            p.wait()
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        for p in procs:
+            if p.stdout is not None:
+                p.stdout.close()
+    failed = [(p, cmd, err) for p, cmd, err in zip(procs, cmds, errs, strict=True) if p.returncode != 0]
+    # a writer killed by SIGPIPE only shows that its reader failed: report the reader
+    failed.sort(key=lambda f: f[0].returncode == -13)
+    if failed:
+        bad, bad_cmd, bad_err = failed[0]
+        bad_err.seek(0)
+        message = bad_err.read().decode(errors="replace")
+        for e in errs:
+            e.close()
+        raise CommandFailed(bad_cmd.argv, bad.returncode, message)
+    for e in errs:
+        e.close()
+    return total

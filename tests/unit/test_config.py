@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
 from stackops.config import load
 from stackops.errors import ConfigError
+
 from tests.conftest import ROOT, make_settings, raw_config
 
 
@@ -28,13 +28,15 @@ def test_each_environment_is_typed_and_separate() -> None:
 @pytest.mark.parametrize(
     ("env", "overrides", "expected"),
     [
-        ("staging", {}, "unknown environment 'staging' (config key stackops.envs): accepted values are dev, test, prod"),
+        ("staging", {},
+         "unknown environment 'staging' (config key stackops.envs): accepted values are dev, test, prod"),
         ("dev", {"ports": {"postgres": "abc", "redis": "1", "backend": "2"}},
          "config key stackops.envs.dev.ports.postgres has bad value 'abc': accepted values are integers 1024..65535"),
         ("dev", {"ports": {"postgres": "99999", "redis": "16379", "backend": "18000"}},
          "stackops.envs.dev.ports.postgres has bad value '99999'"),
         ("dev", {"runtime": "podman"},
-         "config key stackops.envs.dev.runtime has bad value 'podman': accepted values are auto, compose, local, external"),
+         "config key stackops.envs.dev.runtime has bad value 'podman': "
+         "accepted values are auto, compose, local, external"),
         ("dev", {"protected": "maybe"}, "stackops.envs.dev.protected has bad value 'maybe'"),
         ("dev", {"db_name": "Robert'); DROP"}, "stackops.envs.dev.db_name has bad value"),
         ("dev", {"colour": "blue"}, "config key stackops.envs.dev.colour is unknown"),

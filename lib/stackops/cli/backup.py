@@ -1,7 +1,110 @@
-"""backup tasks (wired into tasks.py)."""
+"""backup / backup.db / backup.list / backup.verify / backup.prune."""
 
 from __future__ import annotations
 
-from invoke import Collection
+from typing import Any
+
+from invoke import Collection, Exit, task
+
+from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
+
+
+def _take(c: Any, env: str | None, kind: str, as_json: bool) -> None:
+    from stackops.backup import create_backup
+
+    s = settings(c, env)
+    report = reporter()
+    result = create_backup(s, runtime(s, report), kind=kind, report=report)
+    if as_json:
+        print_json({"id": result.id, "path": result.path, "manifest": result.manifest})
+    else:
+        print(result.path)
+
+
+@task(default=True, help={"env": ENV_HELP, "json": JSON_HELP})
+@guarded
+def full(c, env=None, json=False):
+    """Full backup: database, globals and uploads, from one point in time (the guide's `backup`)."""
+    _take(c, env, "full", json)
+
+
+@task(help={"env": ENV_HELP, "json": JSON_HELP})
+@guarded
+def db(c, env=None, json=False):
+    """Database-only backup (the guide's `backup_db`)."""
+    _take(c, env, "db", json)
+
+
+@task(name="list", help={"env": ENV_HELP, "json": JSON_HELP})
+@guarded
+def list_(c, env=None, json=False):
+    """List complete backups, newest first, with their last verification."""
+    from stackops.backup import list_backups
+    from stackops.report import human_bytes
+
+    s = settings(c, env)
+    sets = list_backups(s)
+    if json:
+        print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
+                     "duration_s": b.manifest["duration_s"], "size": b.size,
+                     "migration_head": b.manifest.get("migration_head"), "verification": b.verification}
+                    for b in sets])
+        return
+    if not sets:
+        print(f"no backups in {s.env.backups_dir}")
+        return
+    rows = []
+    for b in sets:
+        v = b.verification
+        verified = "never" if not v else f"{'ok' if v['ok'] else 'FAILED'} {v['verified_at'][:19]} " \
+                                         f"({v['restore_seconds']}s)"
+        rows.append([b.id, b.kind, b.manifest["started_at"][:19], f"{b.manifest['duration_s']}s",
+                     human_bytes(b.size), b.manifest.get("migration_head") or "-", verified])
+    print(table(["backup", "kind", "started (UTC)", "took", "size", "migration", "verified"], rows))
+
+
+@task(help={"backup": "backup id or folder (default: the newest)", "latest": "verify the newest backup",
+            "all": "verify every backup", "env": ENV_HELP, "json": JSON_HELP})
+@guarded
+def verify(c, backup=None, latest=False, all=False, env=None, json=False):
+    """Restore into a scratch database, compare with the manifest, record the result."""
+    from stackops.backup import list_backups
+    from stackops.restore import verify_backup
+
+    s = settings(c, env)
+    report = reporter()
+    rt = runtime(s, report)
+    refs = [b.id for b in list_backups(s)] if all else [backup or "latest"]
+    if latest:
+        refs = ["latest"]
+    results = [verify_backup(s, rt, ref, report=report) for ref in refs]
+    if json:
+        print_json(results)
+    else:
+        print(table(["backup", "result", "restore s", "detail"],
+                    [[r.backup_id, "ok" if r.ok else "FAILED", r.restore_seconds, r.detail] for r in results]))
+    failed = [r.backup_id for r in results if not r.ok]
+    if failed:
+        raise Exit(f"stackops: verification failed for {', '.join(failed)}", code=7)
+
+
+@task(help={"env": ENV_HELP, "dry_run": "print the plan, delete nothing", "json": JSON_HELP})
+@guarded
+def prune(c, env=None, dry_run=False, json=False):
+    """Apply retention (30 daily, 52 weekly from invoke.yaml): keep or delete each backup, with reasons."""
+    from stackops.backup import prune as do_prune
+
+    s = settings(c, env)
+    decisions = do_prune(s, report=reporter(), dry_run=dry_run)
+    if json:
+        print_json([{"id": d.backup.id, "keep": d.keep, "reasons": list(d.reasons), "dry_run": dry_run}
+                    for d in decisions])
+        return
+    verb = "would delete" if dry_run else "deleted"
+    print(table(["backup", "decision", "reasons"],
+                [[d.backup.id, "keep" if d.keep else verb, "; ".join(d.reasons)] for d in decisions]))
+
 
 ns = Collection("backup")
+for t in (full, db, list_, verify, prune):
+    ns.add_task(t)

@@ -1,0 +1,148 @@
+"""Retention policy: decide, per backup, keep or obsolete, with the reasons why.
+
+Like Barman's retention policies this module only *reports*; deleting the obsolete backups is a
+separate, confirmed step. ``plan`` is pure: no I/O, no clock reads (``now`` is passed in), and
+its result depends only on its arguments.
+
+Rules (all calendar arithmetic in UTC):
+
+- the newest complete backup of each of the last ``policy.daily`` calendar days (today is day 1)
+  keeps a daily slot;
+- the newest complete backup of each of the last ``policy.weekly`` ISO weeks (the current ISO
+  week is week 1) keeps a weekly slot;
+- the newest complete backup whose last verify succeeded is kept;
+- a pre-migration backup younger than ``policy.pre_migration_days`` is kept;
+- the newest complete backup is kept, so pruning never leaves zero backups;
+- incomplete backups are never judged (kept), nor are backups dated after ``now`` (kept: the
+  clock or the manifest is wrong, and a human should look). Neither takes a slot or counts as
+  "newest", so a bogus record can never push a real backup out;
+- everything else is obsolete, with the slot that superseded it or "outside retention".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from stackops.config import Retention
+
+KINDS = ("full", "db", "pre_migration")
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    id: str
+    started_at: datetime  # timezone-aware; compared and bucketed in UTC
+    kind: str  # one of KINDS
+    complete: bool
+    verified_ok: bool | None  # result of the last verify; None = never verified
+    verified_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    backup: BackupRecord
+    keep: bool
+    reasons: tuple[str, ...]  # never empty; human-readable
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _iso_week(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _monday(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _check(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> datetime:
+    now_utc = _aware(now, "now")
+    for name in ("daily", "weekly", "pre_migration_days"):
+        if getattr(policy, name) < 0:
+            raise ValueError(f"retention.{name} must be >= 0, got {getattr(policy, name)}")
+    seen: set[str] = set()
+    for b in backups:
+        if b.id in seen:
+            raise ValueError(f"duplicate backup id {b.id!r}: retention decisions would be ambiguous")
+        seen.add(b.id)
+        if b.kind not in KINDS:
+            raise ValueError(
+                f"backup {b.id!r} has unknown kind {b.kind!r}: expected one of {', '.join(KINDS)}"
+            )
+        _aware(b.started_at, f"backup {b.id!r} started_at")
+        if b.verified_at is not None:
+            _aware(b.verified_at, f"backup {b.id!r} verified_at")
+    return now_utc
+
+
+def plan(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> list[Decision]:
+    """One Decision per backup, newest first (ties broken by id, descending).
+
+    Raises ValueError on naive datetimes, duplicate ids, unknown kinds or a negative policy.
+    """
+    now_utc = _check(backups, now, policy)
+    today = now_utc.date()
+    first_day = today - timedelta(days=policy.daily - 1) if policy.daily else None
+    this_monday = _monday(today)
+    first_monday = this_monday - timedelta(weeks=policy.weekly - 1) if policy.weekly else None
+
+    ordered = sorted(backups, key=lambda b: (b.started_at, b.id), reverse=True)
+    # Only complete backups that are not from the future compete for slots and "newest" roles.
+    eligible = [b for b in ordered if b.complete and b.started_at <= now_utc]
+
+    daily_owner: dict[date, BackupRecord] = {}
+    weekly_owner: dict[date, BackupRecord] = {}
+    for b in eligible:  # newest first, so setdefault keeps the newest of each bucket
+        day = b.started_at.astimezone(UTC).date()
+        daily_owner.setdefault(day, b)
+        weekly_owner.setdefault(_monday(day), b)
+    newest_complete = eligible[0] if eligible else None
+    newest_verified = next((b for b in eligible if b.verified_ok is True), None)
+    young = timedelta(days=policy.pre_migration_days)
+
+    decisions: list[Decision] = []
+    for b in ordered:
+        started = b.started_at.astimezone(UTC)
+        day, monday = started.date(), _monday(started.date())
+        in_daily = first_day is not None and first_day <= day <= today
+        in_weekly = first_monday is not None and first_monday <= monday <= this_monday
+        keep: list[str] = []
+        if started > now_utc:
+            keep.append(f"started in the future ({started.isoformat()} > now): kept, check the clock")
+        if not b.complete:
+            keep.append("incomplete: not managed by retention")
+        if in_daily and daily_owner.get(day) is b:
+            keep.append(f"daily slot {day.isoformat()}")
+        if in_weekly and weekly_owner.get(monday) is b:
+            keep.append(f"weekly slot {_iso_week(day)}")
+        if b is newest_verified:
+            keep.append("newest verified backup")
+        if b is newest_complete:
+            keep.append("newest complete backup: pruning never leaves zero backups")
+        if b.kind == "pre_migration" and timedelta(0) <= now_utc - started < young:
+            keep.append(f"pre-migration backup younger than {_plural(policy.pre_migration_days, 'day')}")
+        if keep:
+            decisions.append(Decision(b, True, tuple(keep)))
+            continue
+        drop: list[str] = []
+        if in_daily:
+            drop.append(f"superseded in daily slot {day.isoformat()} by {daily_owner[day].id}")
+        if in_weekly:
+            drop.append(f"superseded in weekly slot {_iso_week(day)} by {weekly_owner[monday].id}")
+        if not drop:
+            drop.append(
+                f"outside retention: older than {policy.daily} daily and {policy.weekly} weekly slots"
+            )
+        decisions.append(Decision(b, False, tuple(drop)))
+    return decisions
