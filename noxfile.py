@@ -1,0 +1,39 @@
+"""nox sessions: what CI runs (a bare `nox`), plus benchmarks on demand."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff over the whole repository."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) over the helper library."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """pytest: unit tests and integration tests on real PostgreSQL and Redis (local runtime)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Backup speed and size against the guide's pg_dump | gzip and the pg_dump -Z0 floor."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/backup_speed.py", *session.posargs)
