@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection, Exit, task
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT / "lib") not in sys.path:  # works before `pip install -e .` too
@@ -27,13 +27,25 @@ from stackops.cli import restore as restore_tasks  # noqa: E402
 @task(help={"env": ENV_HELP})
 @guarded
 def demo(c, env=None):
-    """The main job, end to end: bring the environment up and show its status."""
+    """The main job, end to end: up, full backup, verify it, list backups."""
+    from stackops.backup import create_backup
+    from stackops.cli.backup import print_list
+    from stackops.restore import verify_backup
+
     s = settings(c, env)
     report = reporter()
-    report.step(f"demo on environment {s.env.name}")
+    report.step(f"demo on environment {s.env.name}: bring it up")
     rt = runtime(s, report)
     rt.up(report)
     env_tasks.show_status(rt, s, as_json=False)
+    report.step("take a full backup (database + uploads, one point in time)")
+    backup = create_backup(s, rt, kind="full", report=report)
+    report.step(f"verify {backup.id} by restoring it into a scratch database")
+    result = verify_backup(s, rt, backup.id, report=report)
+    report.step("list backups")
+    print_list(s)
+    if not result.ok:
+        raise Exit(f"stackops: the demo's backup failed verification: {result.detail}", code=7)
 
 
 ns = Collection()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -17,7 +19,6 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-
 from stackops.config import Settings, load
 from stackops.report import NullReporter
 
@@ -105,3 +106,22 @@ def fresh(harness: Harness) -> Iterator[Fresh]:
                             (settings.env.db_name + "%",)).fetchall()
         for (name,) in rows:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def cli_env(settings: Settings, as_env: str = "test") -> dict[str, str]:
+    """Environment variables that point ``invoke ... --env as_env`` at ``settings`` (harness cluster)."""
+    import os
+
+    e = settings.env
+    prefix = f"INVOKE_STACKOPS_ENVS_{as_env.upper()}_"
+    return {**os.environ, **{prefix + k: v for k, v in {
+        "RUNTIME": "local", "STATE_DIR": str(e.state_dir), "DB_NAME": e.db_name,
+        "BACKUPS_DIR": str(e.backups_dir), "UPLOADS_DIR": str(e.uploads_dir),
+        "PORTS_POSTGRES": str(e.ports.postgres), "PORTS_REDIS": str(e.ports.redis),
+    }.items()}}
+
+
+def invoke_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `invoke ARGS` as an operator would, without a terminal on stdin."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)

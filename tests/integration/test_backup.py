@@ -33,7 +33,7 @@ from stackops.lock import env_lock
 from stackops.report import NullReporter, Reporter
 from stackops.restore import RestoreError, previous_copies, restore_database, verify_backup
 
-from tests.conftest import ROOT, Fresh
+from tests.conftest import ROOT, Fresh, cli_env, invoke_cli
 
 pytestmark = pytest.mark.integration
 
@@ -255,13 +255,7 @@ def test_killed_backup_is_never_listed_and_the_next_one_works(fresh: Fresh) -> N
         conn.execute("CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 8) AS pad "
                      "FROM generate_series(1, 400000) g")
     s = fresh.settings.env
-    env = {**os.environ, "INVOKE_STACKOPS_ENVS_TEST_RUNTIME": "local",
-           "INVOKE_STACKOPS_ENVS_TEST_STATE_DIR": str(s.state_dir),
-           "INVOKE_STACKOPS_ENVS_TEST_DB_NAME": s.db_name,
-           "INVOKE_STACKOPS_ENVS_TEST_BACKUPS_DIR": str(s.backups_dir),
-           "INVOKE_STACKOPS_ENVS_TEST_UPLOADS_DIR": str(s.uploads_dir),
-           "INVOKE_STACKOPS_ENVS_TEST_PORTS_POSTGRES": str(s.ports.postgres),
-           "INVOKE_STACKOPS_ENVS_TEST_PORTS_REDIS": str(s.ports.redis)}
+    env = cli_env(fresh.settings)
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "backup", "--env", "test"], cwd=ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -277,9 +271,7 @@ def test_killed_backup_is_never_listed_and_the_next_one_works(fresh: Fresh) -> N
     proc.wait()
     assert list(s.backups_dir.glob(".tmp-*")), "the interrupted folder should still be there"
     assert list_backups(fresh.settings) == []
-    listed = subprocess.run([sys.executable, "-m", "invoke", "backup.list", "--env", "test", "--json"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, check=True)
-    assert json.loads(listed.stdout) == []
+    assert json.loads(invoke_cli("backup.list", "--env", "test", "--json", env=env).stdout) == []
     report = NullReporter()
     backup = create_backup(fresh.settings, fresh.runtime, kind="db", report=report)  # the lock is free
     assert any("unfinished backup folder" in line for line in report.lines)
@@ -358,3 +350,37 @@ def test_prune_deletes_only_what_retention_rejects_and_only_our_backups(fresh: F
     assert foreign.exists()
     again = prune(fresh.settings, report=NullReporter(), now=now)
     assert all(d.keep for d in again)
+
+
+def test_cli_restore_in_a_protected_environment_needs_yes_and_dry_run_touches_nothing(fresh: Fresh) -> None:
+    with fresh.connect() as conn:
+        populate(conn, 10)
+    env = cli_env(fresh.settings, "prod")
+    made = invoke_cli("backup.db", "--env", "prod", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    backup_id = json.loads(made.stdout)["id"]
+    with fresh.connect() as conn:
+        conn.execute("DELETE FROM messages")
+    live = content(fresh)
+
+    refused = invoke_cli("restore.db", backup_id, "--env", "prod", env=env)
+    assert refused.returncode == 6
+    assert refused.stderr.strip().splitlines()[-1].startswith("stackops: restoring")
+    assert "pass --yes" in refused.stderr
+    plan = invoke_cli("restore.db", backup_id, "--env", "prod", "--dry-run", env=env)
+    assert plan.returncode == 0 and "would load" in plan.stdout
+    assert content(fresh) == live and databases(fresh) == [fresh.settings.env.db_name]
+
+    missing = invoke_cli("restore.db", "no_such_backup", "--env", "prod", "--yes", env=env)
+    assert missing.returncode == 8 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+
+    done = invoke_cli("restore.db", backup_id, "--env", "prod", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert content(fresh) != live
+    with fresh.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (10,)
+    previous = json.loads(invoke_cli("restore.previous", "--env", "prod", "--json", env=env).stdout)
+    assert [p["kind"] for p in previous] == ["database"]
+    dropped = invoke_cli("restore.drop-previous", previous[0]["name"], "--env", "prod", "--yes", env=env)
+    assert dropped.returncode == 0, dropped.stderr
+    assert databases(fresh) == [fresh.settings.env.db_name]

@@ -40,16 +40,22 @@ def db(c, env=None, json=False):
 def list_(c, env=None, json=False):
     """List complete backups, newest first, with their last verification."""
     from stackops.backup import list_backups
-    from stackops.report import human_bytes
 
     s = settings(c, env)
-    sets = list_backups(s)
     if json:
         print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
                      "duration_s": b.manifest["duration_s"], "size": b.size,
                      "migration_head": b.manifest.get("migration_head"), "verification": b.verification}
-                    for b in sets])
+                    for b in list_backups(s)])
         return
+    print_list(s)
+
+
+def print_list(s: Any) -> None:
+    from stackops.backup import list_backups
+    from stackops.report import human_bytes
+
+    sets = list_backups(s)
     if not sets:
         print(f"no backups in {s.env.backups_dir}")
         return
