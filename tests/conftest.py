@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+
 from stackops.config import Settings, load
 from stackops.report import NullReporter
 

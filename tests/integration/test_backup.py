@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+
 from stackops.backup import (
     BackupCorrupt,
     VersionMismatch,
@@ -32,7 +33,6 @@ from stackops.errors import LockBusy
 from stackops.lock import env_lock
 from stackops.report import NullReporter, Reporter
 from stackops.restore import RestoreError, previous_copies, restore_database, verify_backup
-
 from tests.conftest import ROOT, Fresh, cli_env, invoke_cli
 
 pytestmark = pytest.mark.integration

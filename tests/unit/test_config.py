@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+
 from stackops.config import load
 from stackops.errors import ConfigError
-
 from tests.conftest import ROOT, make_settings, raw_config
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stackops.config import Retention
 from stackops.retention import KINDS, BackupRecord, Decision, plan
 

@@ -108,7 +108,7 @@ def docker_engine_answers(timeout: float = 2.0) -> tuple[bool, str]:
 
 def compose_runtime_available() -> bool:
     try:
-        import stackops.runtime.compose  # noqa: F401
+        import stackops.runtime.compose  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         return False
     return True
