@@ -25,10 +25,10 @@ from tests.conftest import ROOT, Harness, free_port, make_settings
 pytestmark = pytest.mark.integration
 
 
-def own_env(tmp: Path, name: str = "dev", **extra: object) -> Settings:
+def own_env(tmp: Path, name: str = "dev", runtime: str = "local", **extra: object) -> Settings:
     tmp.chmod(0o755)
     return make_settings(
-        name, runtime="local", state_dir=str(tmp / f"state-{name}"), uploads_dir=str(tmp / f"uploads-{name}"),
+        name, runtime=runtime, state_dir=str(tmp / f"state-{name}"), uploads_dir=str(tmp / f"uploads-{name}"),
         backups_dir=str(tmp / f"backups-{name}"),
         ports={"postgres": str(free_port()), "redis": str(free_port()), "backend": str(free_port())}, **extra,
     )
@@ -188,3 +188,17 @@ def test_env_tasks_through_the_cli(tmp_path: Path) -> None:
         first, second = inv("env.down", "--env", "test"), inv("env.down", "--env", "test")
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert inv("env.status", "--env", "test").returncode == 1
+
+
+def test_auto_stays_local_once_the_data_lives_there(tmp_path: Path, stopper: list[LocalRuntime]) -> None:
+    """Starting a Docker engine later must not send `auto` to an empty compose stack."""
+    from stackops.runtime import resolve_kind
+
+    settings = own_env(tmp_path, runtime="auto")
+    rt = LocalRuntime(settings)
+    stopper.append(rt)
+    rt.up(NullReporter())
+    kind, why = resolve_kind(settings)
+    assert kind == "local" and str(settings.env.state_dir) in why
+    rt.down(NullReporter(), remove_data=True)
+    assert str(settings.env.state_dir) not in resolve_kind(settings)[1]

@@ -54,6 +54,7 @@ class Runtime(Protocol):
 
 
 PG_INSTALL = "apt-get install -y postgresql-15"
+LOCAL_MARKER = "local-runtime"  # in the state dir: this environment's data lives in a local cluster
 
 
 def pg_bindir(settings: Settings, major: int | None = None) -> Path:
@@ -119,6 +120,9 @@ def resolve_kind(settings: Settings) -> tuple[str, str]:
     kind = settings.env.runtime
     if kind != "auto":
         return kind, f"runtime {kind} (from config)"
+    if (settings.env.state_dir / LOCAL_MARKER).is_file():
+        # data lives in a local cluster already: starting Docker later must not hide it behind an empty stack
+        return "local", f"runtime auto -> local: this environment's data is in {settings.env.state_dir}"
     if compose_runtime_available():
         ok, why = docker_engine_answers()
         if ok:

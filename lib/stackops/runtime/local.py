@@ -22,7 +22,7 @@ from stackops.config import Settings
 from stackops.errors import PrerequisiteError, ProtectedEnvironment, ServiceError
 from stackops.proc import Cmd, run, text
 from stackops.report import Reporter
-from stackops.runtime import ServiceStatus, binary_major, dir_size, pg_bindir
+from stackops.runtime import LOCAL_MARKER, ServiceStatus, binary_major, dir_size, pg_bindir
 
 PG_SERVICE_USER = "postgres"
 
@@ -332,6 +332,7 @@ class LocalRuntime:
 
     def up(self, report: Reporter) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / LOCAL_MARKER).write_text("PostgreSQL and Redis of this environment run as local processes\n")
         self.env.uploads_dir.mkdir(parents=True, exist_ok=True)
         self._pg_start(report)
         self._redis_start(report)
@@ -348,6 +349,7 @@ class LocalRuntime:
             report.step(f"removing the {self.env.name} PostgreSQL and Redis data")
             shutil.rmtree(self.pg_home, ignore_errors=True)
             shutil.rmtree(self.redis_dir, ignore_errors=True)
+            (self.state / LOCAL_MARKER).unlink(missing_ok=True)
 
     def status(self) -> list[ServiceStatus]:
         pg_pid = self._pg_running()
