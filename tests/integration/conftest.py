@@ -1,0 +1,122 @@
+"""Fixtures of the migration, check and seed tests: database snapshots, synthetic migration folders,
+a second fresh database, and the environment that points the real `invoke` CLI at the harness."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from stackops.config import Settings
+from stackops.proc import text
+from tests.conftest import ROOT, Fresh, Harness
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What "the database is exactly as before" means: schema dump plus every table's rows."""
+
+    schema: str
+    rows: dict[str, str]
+
+
+def schema_dump(fresh: Fresh) -> str:
+    out = text(fresh.runtime.pg_cmd("pg_dump").with_args(
+        "--schema-only", "--no-owner", "--no-privileges", "-d", fresh.settings.env.db_name))
+    # pg_dump >= 15.14 writes a random \restrict key per run
+    return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+
+
+def row_hashes(fresh: Fresh) -> dict[str, str]:
+    """Row count and a hash of all rows of every user table."""
+    with fresh.connect() as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+        out = {}
+        for schema, table in tables:
+            q = sql.SQL("SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
+                        "FROM {} x").format(sql.Identifier(schema, table))
+            row = conn.execute(q).fetchone()
+            assert row is not None
+            out[f"{schema}.{table}"] = str(row[0])
+        return out
+
+
+def snapshot(fresh: Fresh) -> Snapshot:
+    return Snapshot(schema_dump(fresh), row_hashes(fresh))
+
+
+def with_migrations(settings: Settings, folder: Path, **changes: Any) -> Settings:
+    """``settings`` reading migrations from ``folder`` (and other migration settings changed)."""
+    return replace(settings, migrations=replace(settings.migrations, directory=folder, **changes))
+
+
+def write_migration(folder: Path, filename: str, up: str, down: str | None = None, *,
+                    transactional: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    body = ("" if transactional else "-- migrate:no-transaction\n") + f"-- migrate:up\n{up.strip()}\n"
+    if down is not None:
+        body += f"\n-- migrate:down\n{down.strip()}\n"
+    path = folder / filename
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def migrations_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def new_fresh(harness: Harness) -> Iterator[Callable[[], Fresh]]:
+    """Make further empty databases (with their folders) on the harness cluster; all dropped after."""
+    made: list[Fresh] = []
+
+    def make() -> Fresh:
+        settings = harness.env(f"t_{uuid.uuid4().hex[:10]}")
+        rt = harness.runtime(settings)
+        with psycopg.connect(**rt.conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.env.db_name)))
+        made.append(Fresh(settings, rt))
+        return made[-1]
+
+    yield make
+    for f in made:
+        with psycopg.connect(**f.runtime.conninfo("postgres"), autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                (f.settings.env.db_name + "%",)).fetchall()
+            for (name,) in rows:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def cli_env(settings: Settings, migrations: Path | None = None) -> dict[str, str]:
+    """Environment for `invoke -r ROOT ... --env test` aimed at the harness database of ``settings``."""
+    env = settings.env
+    prefix = "INVOKE_STACKOPS_ENVS_TEST_"
+    out = {
+        **os.environ,
+        prefix + "RUNTIME": "local",
+        prefix + "DB_NAME": env.db_name,
+        prefix + "STATE_DIR": str(env.state_dir),
+        prefix + "UPLOADS_DIR": str(env.uploads_dir),
+        prefix + "BACKUPS_DIR": str(env.backups_dir),
+        prefix + "PORTS_POSTGRES": str(env.ports.postgres),
+        prefix + "PORTS_REDIS": str(env.ports.redis),
+        prefix + "PORTS_BACKEND": str(env.ports.backend),
+        "INVOKE_STACKOPS_MIGRATIONS_DIR": str(migrations or settings.migrations.directory),
+    }
+    return out
+
+
+INVOKE = [sys.executable, "-m", "invoke", "-r", str(ROOT)]
