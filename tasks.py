@@ -27,10 +27,12 @@ from stackops.cli import restore as restore_tasks  # noqa: E402
 @task(help={"env": ENV_HELP})
 @guarded
 def demo(c, env=None):
-    """The main job, end to end: up, full backup, verify it, list backups."""
+    """The main job, end to end: up, migrate, sample data, full backup, verify it, list backups."""
     from stackops.backup import create_backup
     from stackops.cli.backup import print_list
+    from stackops.migrate.engine import apply as apply_migrations
     from stackops.restore import verify_backup
+    from stackops.seed import seed_sample_data
 
     s = settings(c, env)
     report = reporter()
@@ -38,6 +40,11 @@ def demo(c, env=None):
     rt = runtime(s, report)
     rt.up(report)
     env_tasks.show_status(rt, s, as_json=False)
+    report.step("apply the ImpactBot v2 migrations (lint, pre-migration backup, lock, one transaction each)")
+    apply_migrations(s, rt, report=report)
+    if not s.env.protected:
+        report.step("load the sample data: test users, chats, indicators, measurements, upload files")
+        seed_sample_data(s, rt, report=report)
     report.step("take a full backup (database + uploads, one point in time)")
     backup = create_backup(s, rt, kind="full", report=report)
     report.step(f"verify {backup.id} by restoring it into a scratch database")
