@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,14 +349,16 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
                 n, size = 0, 0
             uploads_info = {"files": n, "bytes": size}
             report.info(f"froze the uploads folder at the snapshot: {n} files, {size} bytes")
-        counts = table_counts(conn)
-        head = migration_head(conn)
         ext = ".zst" if comp_name == "zstd" else ".gz"
         dump_name = f"database.dump{ext}"
         dump = runtime.pg_cmd("pg_dump").with_args("--format=custom", "--compress=0", f"--snapshot={snapshot}",
                                                    "--dbname", env.db_name)
-        files[dump_name] = {"role": "database", **_stream([dump, Cmd(comp_argv)], tmp / dump_name, report,
-                                                          "database")}
+        # row counts and migration head are read in the same snapshot while pg_dump streams
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            counted = pool.submit(lambda: (table_counts(conn), migration_head(conn)))
+            files[dump_name] = {"role": "database", **_stream([dump, Cmd(comp_argv)], tmp / dump_name, report,
+                                                              "database")}
+            counts, head = counted.result()
     # the snapshot may close now: uploads are already frozen by the hard links
     globals_cmd = runtime.pg_cmd("pg_dumpall").with_args("--globals-only", "--no-role-passwords")
     files["globals.sql"] = {"role": "globals", **_stream([globals_cmd], tmp / "globals.sql", report, "globals")}
