@@ -14,7 +14,7 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff over the whole repository."""
-    session.install("ruff>=0.5")
+    session.install("ruff>=0.17,<0.18")
     session.run("ruff", "check", ".")
 
 
