@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.compose.harness import compose_session
+
+nox.options.sessions = ["lint", "typecheck", "tests", "compose"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -30,6 +36,14 @@ def tests(session: nox.Session) -> None:
     """pytest: unit tests and integration tests on real PostgreSQL and Redis (local runtime)."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("env", ["dev", "test", "prod"])
+def compose(session: nox.Session, env: str) -> None:
+    """One compose environment on a real Docker engine: up via stackops, tests/compose, down."""
+    session.install("-e", ".[test]")
+    compose_session(session, env)
 
 
 @nox.session(python=PYTHON, default=False)

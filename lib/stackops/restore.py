@@ -191,7 +191,8 @@ def _swap_database(runtime: Runtime, live: str, new: str, report: Reporter) -> s
     return previous
 
 
-def _restore_uploads(settings: Settings, backup: BackupSet, report: Reporter) -> tuple[str | None, str | None]:
+def _restore_uploads(settings: Settings, runtime: Runtime, backup: BackupSet,
+                     report: Reporter) -> tuple[str | None, str | None]:
     archive = backup.file("uploads")
     if archive is None:
         return None, None
@@ -219,6 +220,8 @@ def _restore_uploads(settings: Settings, backup: BackupSet, report: Reporter) ->
         if previous is not None:
             previous.rename(live)
         raise
+    finally:
+        runtime.uploads_replaced(report)  # bind mounts follow the folder they were given, not its name
     report.info(f"swapped in the restored uploads folder; the previous one is kept as {previous}")
     return str(live), str(previous) if previous else None
 
@@ -273,7 +276,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
                                    f"{exc}") from exc
             raise
         previous = _swap_database(runtime, live, target, report)
-        up_dir, up_prev = _restore_uploads(settings, backup, report) if uploads else (None, None)
+        up_dir, up_prev = _restore_uploads(settings, runtime, backup, report) if uploads else (None, None)
         return RestoreResult(backup.id, live, previous, up_dir, up_prev, counts,
                              round(time.monotonic() - started, 3))
 

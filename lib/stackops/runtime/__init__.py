@@ -52,6 +52,10 @@ class Runtime(Protocol):
 
     def image_digests(self) -> dict[str, str]: ...
 
+    def uploads_replaced(self, report: Reporter) -> None:
+        """The uploads folder was swapped for another (restore): make services that use it see the new one."""
+        ...
+
 
 PG_INSTALL = "apt-get install -y postgresql-15"
 LOCAL_MARKER = "local-runtime"  # in the state dir: this environment's data lives in a local cluster

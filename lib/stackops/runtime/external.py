@@ -85,6 +85,9 @@ class ExternalRuntime:
     def image_digests(self) -> dict[str, str]:
         return {}
 
+    def uploads_replaced(self, report: Reporter) -> None:
+        """Nothing mounts the uploads folder here: the next read sees the new folder."""
+
     def status(self) -> list[ServiceStatus]:
         import psycopg
 

@@ -152,6 +152,9 @@ class LocalRuntime:
     def image_digests(self) -> dict[str, str]:
         return {}
 
+    def uploads_replaced(self, report: Reporter) -> None:
+        """Nothing mounts the uploads folder here: the next read sees the new folder."""
+
     # ----- PostgreSQL --------------------------------------------------------------------------
     def _pg_running(self) -> int | None:
         pid = _read_pid(self.pg_data / "postmaster.pid")

@@ -1,0 +1,442 @@
+"""Offline stand-in images for the compose environments, for machines that cannot pull.
+
+One Debian rootfs made by ``debootstrap --variant=minbase --include=...`` is imported with
+``docker import`` as the base; small ``docker build`` steps put the PostgreSQL 15, Redis 7, Python,
+backend (healthy and broken tags) and ops images on top.
+
+Stand-ins for public images carry the public names the compose files default to (``postgres:15``,
+``redis:7``, ``python:3.11-slim``), so plain ``docker compose up`` works offline without variables.
+They are labelled ``stackops.standin=true``; a real image already present under such a name is never
+overwritten. Every image is labelled with a hash of its inputs (files, build args, parent image id):
+a step whose image exists with the same hash is skipped (``force`` rebuilds), and a changed parent
+rebuilds its children.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stackops.errors import PrerequisiteError, ServiceError, StackopsError
+from stackops.proc import Cmd, run, spawn, which
+from stackops.report import Reporter, human_bytes
+
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+BASE_PACKAGES = (
+    "postgresql-15", "postgresql-client-15", "redis-server", "python3", "python3-venv",
+    "zstd", "gzip", "procps",
+)
+# Trimmed from the rootfs before import: package caches, docs, translations, the Debian default cluster.
+ROOTFS_PRUNE = (
+    "var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info",
+    "usr/share/locale", "var/lib/postgresql/15", "etc/postgresql/15/main",
+)
+LABEL_STANDIN = "stackops.standin"
+LABEL_HASH = "stackops.input-hash"
+LABEL_ROLE = "stackops.image"
+PIP_EXCLUDE = {"nox"}  # the ops image runs tasks, not test sessions
+
+
+class ImageBuildError(StackopsError):
+    """An offline image could not be built."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to build: ``name`` is the short name used by ``--only``."""
+
+    name: str
+    tag: str
+    parent: str | None            # short name of the image it builds FROM (None: the rootfs import)
+    context: Path | None          # folder holding the Dockerfile (None for the base and the ops image)
+    buildargs: dict[str, str] = field(default_factory=dict)
+    public: bool = False          # tagged with a public image name: never replace a real image
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    tag: str
+    action: str                   # built | cached | kept-real-image
+    seconds: float
+    image_id: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    tag: str
+    present: bool
+    standin: bool | None
+    up_to_date: bool | None
+    image_id: str
+    size_bytes: int | None
+    description: str
+
+
+def plan(root: Path) -> list[ImageSpec]:
+    """The images, in build order (each after its parent)."""
+    images = root / "compose" / "images"
+    backend = root / "compose" / "backend"
+    return [
+        ImageSpec("base", f"stackops-standin/debian:{SUITE}", None, None,
+                  description=f"Debian {SUITE} minbase + {', '.join(BASE_PACKAGES)}"),
+        ImageSpec("postgres", "postgres:15", "base", images / "postgres", public=True,
+                  description="PostgreSQL 15, entrypoint like the official image"),
+        ImageSpec("redis", "redis:7", "base", images / "redis", public=True,
+                  description="Redis 7 (Debian redis-server)"),
+        ImageSpec("python", "python:3.11-slim", "base", images / "python", public=True,
+                  description="Python 3.11, base of the backend image"),
+        ImageSpec("backend", "impactbot-v2-backend:local", "python", backend,
+                  {"VARIANT": "healthy"}, description="backend stand-in, healthy"),
+        ImageSpec("backend-broken", "impactbot-v2-backend:broken", "python", backend,
+                  {"VARIANT": "broken"}, description="backend stand-in that fails its health check"),
+        ImageSpec("ops", "impactbot-v2-ops:local", "base", images / "ops",
+                  description="stackops + postgresql-client-15 (the prod backup service)"),
+    ]
+
+
+# ----- docker access ----------------------------------------------------------------------------
+def _client() -> Any:
+    try:
+        import docker
+    except ImportError as exc:
+        raise PrerequisiteError("the docker Python package is missing: run `pip install -e '.[dev]'`") from exc
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:
+        raise PrerequisiteError(
+            f"no Docker engine answered ({type(exc).__name__}): start it with `.ci/setup-docker` "
+            "(or `dockerd &`) and retry"
+        ) from exc
+    return client
+
+
+def _image(client: Any, tag: str) -> Any | None:
+    import docker.errors
+
+    try:
+        return client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _labels(image: Any) -> dict[str, str]:
+    return dict((image.attrs.get("Config") or {}).get("Labels") or {})
+
+
+# ----- input hashes ------------------------------------------------------------------------------
+def _hash_tree(h: Any, folder: Path, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if "__pycache__" in rel.parts or path.suffix == ".pyc" or rel.parts[0].startswith("uploads"):
+            continue
+        if path.is_file():
+            h.update(f"{prefix}/{rel.as_posix()}\0{path.stat().st_mode & 0o111}\0".encode())
+            h.update(path.read_bytes())
+            h.update(b"\0")
+
+
+def _requirements(root: Path) -> list[str]:
+    with (root / "pyproject.toml").open("rb") as f:
+        deps: list[str] = tomllib.load(f)["project"]["dependencies"]
+    keep = []
+    for dep in deps:
+        name = dep.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+        if name not in PIP_EXCLUDE:
+            keep.append(dep.split("#")[0].strip())
+    return keep
+
+
+def _ops_sources(root: Path) -> Iterator[tuple[Path, str]]:
+    """(file or folder, name inside /opt/stackops) for the ops image."""
+    yield root / "lib" / "stackops", "lib/stackops"
+    for name in ("tasks.py", "invoke.yaml", "pyproject.toml"):
+        yield root / name, name
+    if (root / "migrations").is_dir():
+        yield root / "migrations", "migrations"
+
+
+def input_hash(spec: ImageSpec, root: Path, parent_id: str | None, mirror: str) -> str:
+    h = hashlib.sha256()
+    h.update(f"{spec.name}\0{spec.tag}\0{json.dumps(spec.buildargs, sort_keys=True)}\0{parent_id}\0".encode())
+    if spec.name == "base":
+        h.update(f"{SUITE}\0{mirror}\0{' '.join(BASE_PACKAGES)}\0{' '.join(ROOTFS_PRUNE)}".encode())
+    if spec.context is not None:
+        _hash_tree(h, spec.context, "context")
+    if spec.name == "ops":
+        h.update("\n".join(_requirements(root)).encode())
+        for src, name in _ops_sources(root):
+            if src.is_dir():
+                _hash_tree(h, src, name)
+            elif src.exists():
+                h.update(f"{name}\0".encode() + src.read_bytes())
+    return h.hexdigest()[:32]
+
+
+# ----- steps ---------------------------------------------------------------------------------------
+def _umount_below(folder: Path) -> None:
+    """Unmount whatever a failed debootstrap left mounted inside ``folder`` (deepest first)."""
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        run(Cmd(["umount", "-l", point]), check=False)
+
+
+def _stream(cmd: Cmd, report: Reporter, label: str, every: float = 10.0) -> None:
+    """Run ``cmd``, showing its latest output line every ``every`` seconds; raise with its tail on failure."""
+    started = time.monotonic()
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    shown = started
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            tail = [*tail[-19:], line]
+        if time.monotonic() - shown >= every:
+            shown = time.monotonic()
+            report.info(f"{label}: {time.monotonic() - started:.0f}s, {line[:100]}")
+    if proc.wait() != 0:
+        detail = tail[-1] if tail else "no output"
+        raise ImageBuildError(f"{label} failed with exit {proc.returncode}: {detail}")
+
+
+def _build_base(client: Any, spec: ImageSpec, labels: dict[str, str], mirror: str, report: Reporter,
+                workdir: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        raise PrerequisiteError("debootstrap needs root: run `invoke images.build` as root (or with sudo)")
+    debootstrap = which("debootstrap", "apt-get install -y debootstrap")
+    docker = which("docker", "apt-get install -y docker.io")
+    rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=workdir))
+    try:
+        report.info(f"debootstrap {SUITE} ({len(BASE_PACKAGES)} extra packages) into {rootfs}; about a minute")
+        _stream(Cmd([debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE,
+                     str(rootfs), mirror]), report, "debootstrap")
+        _umount_below(rootfs)
+        for rel in ROOTFS_PRUNE:
+            shutil.rmtree(rootfs / rel, ignore_errors=True)
+        for sub in ("proc", "sys", "dev", "tmp", "run"):
+            (rootfs / sub).mkdir(exist_ok=True)
+        report.info(f"docker import -> {spec.tag}")
+        changes = [f"LABEL {k}={v}" for k, v in labels.items()]
+        changes.append("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        changes.append('CMD ["bash"]')
+        tar = spawn(Cmd(["tar", "-C", str(rootfs), "--numeric-owner", "--one-file-system",
+                         "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*", "-c", "."]),
+                    stdout=subprocess.PIPE)
+        argv = [docker, "import"]
+        for change in changes:
+            argv += ["--change", change]
+        imp = spawn(Cmd([*argv, "-", spec.tag]), stdin=tar.stdout, stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        tar.stdout.close()
+        _out, err = imp.communicate()
+        tar_err = tar.stderr.read() if tar.stderr else b""
+        if tar.wait() != 0 or imp.returncode != 0:
+            why = (err or tar_err).decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ImageBuildError(f"importing the rootfs as {spec.tag} failed: {why[0]}")
+    finally:
+        _umount_below(rootfs)
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def _missing_in_image(client: Any, base_tag: str, wheels: Path) -> list[str]:
+    """Requirements that pip, resolving offline inside the base image, cannot find among ``wheels``.
+
+    The host's Python may differ from the image's in patch level, and markers such as
+    ``python_full_version < "3.11.3"`` then pull in dependencies the host did not download."""
+    import docker.errors
+
+    script = ("python3 -m venv /tmp/v && /tmp/v/bin/pip install --dry-run --quiet --no-index "
+              "--find-links /w -r /w/requirements.txt")
+    try:
+        client.containers.run(base_tag, ["bash", "-c", script], remove=True, network_mode="none",
+                              volumes={str(wheels): {"bind": "/w", "mode": "ro"}}, stdout=True, stderr=True)
+    except docker.errors.ContainerError as exc:
+        text = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
+        missing = [line.split("No matching distribution found for ", 1)[1].strip()
+                   for line in text.splitlines() if "No matching distribution found for " in line]
+        if not missing:
+            raise ImageBuildError(f"offline pip resolution in {base_tag} failed: {text.strip()[-300:]}") from exc
+        return [m.split(";")[0].strip() for m in missing]
+    return []
+
+
+def _download_wheels(root: Path, client: Any, base_tag: str, report: Reporter) -> Path:
+    """The wheels of the ops image's requirements, checked by an offline resolution inside the base
+    image, cached per requirements set under .stack/images/."""
+    import sys
+
+    reqs = _requirements(root)
+    key = hashlib.sha256(f"{base_tag}\n".encode() + "\n".join(reqs).encode()).hexdigest()[:16]
+    cache = root / ".stack" / "images" / f"wheels-{key}"
+    if (cache / "requirements.txt").exists():
+        report.info(f"wheels cached in {cache}")
+        return cache
+    tmp = cache.with_name(cache.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    wanted = reqs
+    for _round in range(5):
+        report.info(f"pip download {len(wanted)} requirement(s) (+ dependencies) into {cache.name}")
+        _stream(Cmd([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
+                     str(tmp), *wanted]), report, "pip download")
+        wanted = _missing_in_image(client, base_tag, tmp)
+        if not wanted:
+            break
+        report.info(f"the image's Python also needs: {', '.join(wanted)}")
+    else:
+        raise ImageBuildError(f"wheels for {', '.join(wanted)} still missing after 5 rounds of pip download")
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)
+    return cache
+
+
+def _ops_context(root: Path, client: Any, base_tag: str, spec: ImageSpec, report: Reporter,
+                 workdir: Path) -> Path:
+    assert spec.context is not None
+    ctx = Path(tempfile.mkdtemp(prefix="ops-context-", dir=workdir))
+    for item in spec.context.iterdir():
+        shutil.copy2(item, ctx / item.name)
+    shutil.copytree(_download_wheels(root, client, base_tag, report), ctx / "wheels")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for src, name in _ops_sources(root):
+        dest = ctx / "src" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, ignore=ignore)
+        elif src.exists():
+            shutil.copy2(src, dest)
+    return ctx
+
+
+def _docker_build(client: Any, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str],
+                  report: Reporter) -> None:
+    last_error = ""
+    tail: list[str] = []
+    for chunk in client.api.build(path=str(context), tag=tag, buildargs=buildargs, labels=labels, rm=True,
+                                  forcerm=True, pull=False, decode=True):
+        if "error" in chunk:
+            last_error = str(chunk.get("error", "")).strip()
+        line = str(chunk.get("stream", "")).strip()
+        if line.startswith("Step "):
+            report.info(f"  {line[:110]}")
+        elif line:
+            tail = [*tail[-30:], *line.splitlines()]
+    if last_error:
+        errors = [t for t in tail if t.startswith(("ERROR", "E:", "Error"))]
+        detail = errors[-1] if errors else last_error.splitlines()[-1]
+        raise ImageBuildError(f"docker build of {tag} failed: {detail[:300]}")
+    if _image(client, tag) is None:
+        raise ImageBuildError(f"docker build of {tag} finished without producing the image")
+
+
+# ----- the capability -------------------------------------------------------------------------------
+def build(root: Path, report: Reporter, *, force: bool = False, only: list[str] | None = None,
+          mirror: str = DEFAULT_MIRROR) -> list[BuildResult]:
+    """Build (or reuse) every stand-in image in order; ``only`` limits it to some names (parents still
+    count for the cache key but are not rebuilt unless missing)."""
+    specs = plan(root)
+    names = [s.name for s in specs]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ImageBuildError(f"unknown image {unknown[0]!r}: accepted names are {', '.join(names)}")
+    client = _client()
+    workdir = root / ".stack" / "images"
+    workdir.mkdir(parents=True, exist_ok=True)
+    ids: dict[str, str] = {}
+    results: list[BuildResult] = []
+    total = time.monotonic()
+    for spec in specs:
+        wanted = only is None or spec.name in only
+        parent_tag = next((s.tag for s in specs if s.name == spec.parent), None)
+        parent_id = ids.get(spec.parent) if spec.parent else None
+        if spec.parent and parent_id is None:
+            parent = _image(client, parent_tag) if parent_tag else None
+            if parent is None:
+                raise ImageBuildError(
+                    f"{spec.tag} needs {parent_tag}, which is missing: build it first (`invoke images.build`)"
+                )
+            parent_id = str(parent.id)
+        digest = input_hash(spec, root, parent_id, mirror)
+        existing = _image(client, spec.tag)
+        started = time.monotonic()
+        if existing is not None and spec.public and _labels(existing).get(LABEL_STANDIN) != "true":
+            report.step(f"{spec.tag}: a real image is present, kept (stand-in not built)")
+            ids[spec.name] = str(existing.id)
+            results.append(BuildResult(spec.name, spec.tag, "kept-real-image", 0.0, str(existing.id),
+                                       int(existing.attrs.get("Size", 0))))
+            continue
+        fresh = existing is not None and _labels(existing).get(LABEL_HASH) == digest
+        if existing is not None and ((fresh and not force) or not wanted):
+            report.step(f"{spec.tag}: up to date (cached)" if fresh else f"{spec.tag}: present (not selected)")
+            ids[spec.name] = str(existing.id)
+            results.append(BuildResult(spec.name, spec.tag, "cached", 0.0, str(existing.id),
+                                       int(existing.attrs.get("Size", 0))))
+            continue
+        report.step(f"building {spec.tag} ({spec.description})")
+        labels = {LABEL_STANDIN: "true" if spec.public or spec.name == "base" else "false",
+                  LABEL_HASH: digest, LABEL_ROLE: spec.name}
+        if spec.name == "base":
+            _build_base(client, spec, labels, mirror, report, workdir)
+        else:
+            buildargs = {**spec.buildargs, "BASE_IMAGE": str(parent_tag), "PYTHON_IMAGE": str(parent_tag)}
+            if spec.name == "ops":
+                ctx = _ops_context(root, client, str(parent_tag), spec, report, workdir)
+                try:
+                    _docker_build(client, ctx, spec.tag, buildargs, labels, report)
+                finally:
+                    shutil.rmtree(ctx, ignore_errors=True)
+            else:
+                assert spec.context is not None
+                _docker_build(client, spec.context, spec.tag, buildargs, labels, report)
+        image = _image(client, spec.tag)
+        if image is None:
+            raise ServiceError(f"{spec.tag} is missing right after its build: check `docker images`")
+        seconds = time.monotonic() - started
+        size = int(image.attrs.get("Size", 0))
+        report.info(f"{spec.tag} built in {seconds:.1f}s ({human_bytes(size)})")
+        ids[spec.name] = str(image.id)
+        results.append(BuildResult(spec.name, spec.tag, "built", round(seconds, 1), str(image.id), size))
+    report.step(f"images ready in {time.monotonic() - total:.1f}s")
+    return results
+
+
+def list_images(root: Path, mirror: str = DEFAULT_MIRROR) -> list[ImageInfo]:
+    """Each planned image: present, stand-in or real, and whether its inputs changed since it was built."""
+    client = _client()
+    specs = plan(root)
+    tags = {s.name: s.tag for s in specs}
+    infos = []
+    for spec in specs:
+        image = _image(client, spec.tag)
+        if image is None:
+            infos.append(ImageInfo(spec.name, spec.tag, False, None, None, "", None, spec.description))
+            continue
+        labels = _labels(image)
+        parent = _image(client, tags[spec.parent]) if spec.parent else None
+        standin = labels.get(LABEL_STANDIN) == "true" or LABEL_HASH in labels
+        fresh = None
+        if LABEL_HASH in labels and (spec.parent is None or parent is not None):
+            fresh = labels[LABEL_HASH] == input_hash(spec, root, str(parent.id) if parent else None, mirror)
+        infos.append(ImageInfo(spec.name, spec.tag, True, standin, fresh, str(image.short_id),
+                               int(image.attrs.get("Size", 0)), spec.description))
+    return infos

@@ -1,0 +1,499 @@
+"""The compose runtime: the docker compose v2 CLI for orchestration, the docker SDK for containers,
+volumes, health and image digests.
+
+- Orchestration is ``docker compose -p <compose_project> -f <file>... <verb>`` (argv lists, run in the
+  compose folder). Ports, uploads and backups folders, user and database name travel as variables in
+  the subprocess environment (POSTGRES_PORT, UPLOADS_DIR, ...), never secrets: the database password
+  stays in the compose files' own sources (dev/test defaults, prod's env file).
+- PostgreSQL client tools run *inside* the database container (``docker exec -i``), so they always
+  match the server's major version; stdin/stdout are streamed, the password goes through
+  ``-e PGPASSWORD`` (value copied from Cmd.env by the docker CLI, never in argv).
+- psycopg and Redis connections go to the service's published port on 127.0.0.1 when it has one
+  (dev, test) and otherwise to the container's address on the project's bridge network (prod
+  publishes no database or Redis port; that bridge is local to the Docker host, so stackops must run
+  on it). The password is read from the database container's environment (POSTGRES_PASSWORD or
+  POSTGRES_PASSWORD_FILE), the same source the server was initialised from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from functools import cache
+from typing import Any
+
+from stackops.config import Settings
+from stackops.errors import (
+    ConfigError,
+    PrerequisiteError,
+    ProtectedEnvironment,
+    ServiceError,
+)
+from stackops.proc import Cmd, run, spawn, text, which
+from stackops.report import Reporter
+from stackops.runtime import ServiceStatus
+
+DATABASE, REDIS, BACKEND = "database", "redis", "backend"
+DATA_SERVICES = (DATABASE, REDIS, BACKEND)  # must be healthy after up
+SERVICE_PORTS = {DATABASE: 5432, REDIS: 6379, BACKEND: 8000}
+CLEAN_START_LABEL = "stackops.clean-start"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+VOLUME_LABEL = "com.docker.compose.volume"
+SETUP_HINT = "run `.ci/setup-docker` (installs docker.io and compose, starts dockerd)"
+DOWN_V_REASON = ("the guide says of `docker-compose down -v`: \"DON'T USE THIS\" — it removes volumes and "
+                 "all data")
+
+
+@cache
+def compose_argv() -> tuple[str, ...]:
+    """The docker compose v2 command: the CLI plugin (``docker compose``), else a v2 ``docker-compose``."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        proc = run(Cmd([docker, "compose", "version", "--short"]), check=False)
+        if proc.returncode == 0:
+            return (docker, "compose")
+    standalone = shutil.which("docker-compose")
+    if standalone is not None:
+        version = text(Cmd([standalone, "version", "--short"]), check=False)
+        if version.lstrip("v").startswith("2"):
+            return (standalone,)
+    raise PrerequisiteError(
+        f"docker compose v2 not found (neither `docker compose` nor docker-compose v2): {SETUP_HINT}"
+    )
+
+
+def docker_client() -> Any:
+    try:
+        import docker
+    except ImportError as exc:
+        raise PrerequisiteError("the docker Python package is missing: run `pip install -e '.[dev]'`") from exc
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as exc:  # any failure means "no engine"
+        raise PrerequisiteError(f"no Docker engine answered ({type(exc).__name__}): {SETUP_HINT}") from exc
+    return client
+
+
+def _health_log_tail(container: Any) -> str:
+    log = (container.attrs.get("State", {}).get("Health") or {}).get("Log") or []
+    if not log:
+        return ""
+    out = str(log[-1].get("Output", "")).strip().splitlines()
+    return out[-1][:200] if out else f"exit {log[-1].get('ExitCode')}"
+
+
+class ComposeRuntime:
+    kind = "compose"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = settings.env
+        self.project = self.env.compose_project
+        self.files = self.env.compose_files
+        if not self.files:
+            raise ConfigError(
+                f"config key stackops.envs.{self.env.name}.compose_files is empty: list the compose files"
+            )
+        missing = [f for f in self.files if not f.is_file()]
+        if missing:
+            raise ConfigError(
+                f"config key stackops.envs.{self.env.name}.compose_files names {missing[0]}, which does not exist"
+            )
+        self.project_dir = self.files[0].parent
+        self._client: Any = None
+        self._config: dict[str, Any] | None = None
+
+    # ----- plumbing ------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def compose_env(self) -> dict[str, str]:
+        """Variables the compose files read; no secrets (those stay in the files' own env file)."""
+        ports = self.env.ports
+        return {
+            "POSTGRES_PORT": str(ports.postgres),
+            "REDIS_PORT": str(ports.redis),
+            "BACKEND_PORT": str(ports.backend),
+            "POSTGRES_USER": self.env.db_user,
+            "POSTGRES_DB": self.env.db_name,
+            "UPLOADS_DIR": str(self.env.uploads_dir),
+            "BACKUPS_DIR": str(self.env.backups_dir),
+        }
+
+    def compose_cmd(self, *args: str) -> Cmd:
+        """``docker compose -p PROJECT -f FILE... ARGS`` as a Cmd (run it with stackops.proc)."""
+        argv = [*compose_argv(), "-p", self.project]
+        for f in self.files:
+            argv += ["-f", str(f)]
+        return Cmd([*argv, *args], env=self.compose_env(), cwd=self.project_dir)
+
+    def compose(self, *args: str, check: bool = True,
+                timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+        return run(self.compose_cmd(*args), check=check, timeout=timeout)
+
+    def _compose_streamed(self, args: list[str], report: Reporter) -> None:
+        """Run a compose verb, forwarding its progress lines; raise ServiceError with its tail on failure."""
+        proc = spawn(self.compose_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if not line.strip():
+                continue
+            tail = [*tail[-40:], line]
+            report.info(f"compose: {line.strip()[:150]}")
+        if proc.wait() != 0:
+            errors = [t for t in tail if "error" in t.lower()] or tail or ["no output"]
+            raise ServiceError(
+                f"`docker compose {args[0]}` for {self.env.name} (project {self.project}) failed with exit "
+                f"{proc.returncode}: {errors[-1].strip()[:300]}"
+            )
+
+    def config(self, refresh: bool = False) -> dict[str, Any]:
+        """The merged compose configuration (kept in memory only: prod's includes its env file)."""
+        if self._config is None or refresh:
+            proc = self.compose("config", "--format", "json", check=False)
+            if proc.returncode != 0:
+                why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                hint = ""
+                if "env file" in why[0] and "not found" in why[0]:
+                    hint = ": copy compose/.env.example to that path and set POSTGRES_PASSWORD (never commit it)"
+                raise ConfigError(
+                    f"the compose files of {self.env.name} ({', '.join(f.name for f in self.files)}) are invalid: "
+                    f"{why[0][:300]}{hint or ''}"
+                )
+            self._config = json.loads(proc.stdout)
+        return self._config
+
+    def services(self) -> list[str]:
+        return list(self.config().get("services", {}))
+
+    def containers(self) -> dict[str, Any]:
+        """The newest container of each service of this project, running or not."""
+        found: dict[str, Any] = {}
+        for c in self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"}):
+            service = c.labels.get(SERVICE_LABEL)
+            if service is None:
+                continue
+            if service not in found or c.attrs.get("Created", "") > found[service].attrs.get("Created", ""):
+                found[service] = c
+        return found
+
+    def container(self, service: str) -> Any:
+        """The running container of ``service``, or a ServiceError saying how to start it."""
+        c = self.containers().get(service)
+        if c is None or c.status != "running":
+            state = "has no container" if c is None else f"is {c.status}"
+            raise ServiceError(
+                f"service {service} of environment {self.env.name} (compose project {self.project}) {state}: "
+                f"start it with `invoke env.up --env {self.env.name}`"
+            )
+        return c
+
+    def volumes(self) -> dict[str, str]:
+        """The project's named volumes: name in the compose files (e.g. postgres_dev_data) -> Docker name."""
+        out = {}
+        for v in self.client.volumes.list(filters={"label": f"{PROJECT_LABEL}={self.project}"}):
+            out[(v.attrs.get("Labels") or {}).get(VOLUME_LABEL, v.name)] = v.name
+        return out
+
+    @staticmethod
+    def _address(container: Any, port: int) -> tuple[str, int]:
+        """127.0.0.1 and the published port when there is one, else the container's bridge address."""
+        bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp") or []
+        for b in bindings:
+            if b.get("HostPort"):
+                return "127.0.0.1", int(b["HostPort"])
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        for net in sorted(networks, key=lambda n: not n.endswith("_default")):
+            ip = networks[net].get("IPAddress")
+            if ip:
+                return str(ip), port
+        raise ServiceError(
+            f"container {container.name} publishes no port {port} and has no network address: "
+            "is it attached to its compose network?"
+        )
+
+    def _container_env(self, container: Any) -> dict[str, str]:
+        env = {}
+        for item in container.attrs.get("Config", {}).get("Env") or []:
+            key, _, value = item.partition("=")
+            env[key] = value
+        return env
+
+    def _password(self, container: Any) -> str | None:
+        env = self._container_env(container)
+        if env.get("POSTGRES_PASSWORD"):
+            return env["POSTGRES_PASSWORD"]
+        if env.get("POSTGRES_PASSWORD_FILE"):
+            code, out = container.exec_run(["cat", env["POSTGRES_PASSWORD_FILE"]], demux=False)
+            if code == 0:
+                return bytes(out).decode().strip()
+        return None
+
+    # ----- protocol: connections -----------------------------------------------------------------------
+    def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
+        c = self.container(DATABASE)
+        host, port = self._address(c, SERVICE_PORTS[DATABASE])
+        info: dict[str, Any] = {
+            "host": host, "port": port, "user": self.env.db_user, "dbname": dbname or self.env.db_name,
+            "connect_timeout": 10, "application_name": "stackops",
+        }
+        password = self._password(c)
+        if password is not None:
+            info["password"] = password
+        return info
+
+    def pg_cmd(self, tool: str) -> Cmd:
+        """``tool`` run inside the database container (the server's own version), stdin/stdout streamed.
+        Arguments naming files refer to the container's filesystem: stream through stdin/stdout instead."""
+        c = self.container(DATABASE)
+        env = {"PGUSER": self.env.db_user, "PGDATABASE": self.env.db_name, "PGAPPNAME": "stackops"}
+        password = self._password(c)
+        if password is not None:
+            env["PGPASSWORD"] = password
+        argv = [which("docker", "apt-get install -y docker.io"), "exec", "-i", "-u", "postgres"]
+        for name in sorted(env):
+            argv += ["-e", name]  # no "=value": the docker CLI copies it from its own environment
+        return Cmd([*argv, str(c.id), tool], env=env)
+
+    def redis_url(self) -> str:
+        host, port = self._address(self.container(REDIS), SERVICE_PORTS[REDIS])
+        return f"redis://{host}:{port}/0"
+
+    def image_digests(self) -> dict[str, str]:
+        """service -> ``image-reference@digest`` (the registry digest when known, else the local image id)."""
+        out = {}
+        for service, c in sorted(self.containers().items()):
+            ref = str(c.attrs.get("Config", {}).get("Image", ""))
+            try:
+                image = self.client.images.get(c.attrs.get("Image"))
+                digests = image.attrs.get("RepoDigests") or []
+                digest = digests[0].split("@", 1)[1] if digests else str(image.id)
+            except Exception:  # image removed since: the container still records its id
+                digest = str(c.attrs.get("Image", "unknown"))
+            out[service] = f"{ref}@{digest}"
+        return out
+
+    def server_major(self) -> int:
+        out = run(Cmd([which("docker", "apt-get install -y docker.io"), "exec", str(self.container(DATABASE).id),
+                        "postgres", "--version"])).stdout
+        m = re.search(r"\(PostgreSQL\) (\d+)", out.decode(errors="replace"))
+        if not m:
+            raise ServiceError(f"cannot read the PostgreSQL version in the {self.env.name} database container")
+        return int(m.group(1))
+
+    def describe(self) -> str:
+        out = run(Cmd([which("docker", "apt-get install -y docker.io"), "exec", str(self.container(DATABASE).id),
+                       "postgres", "--version"])).stdout
+        return out.decode(errors="replace").strip()
+
+    # ----- protocol: lifecycle -------------------------------------------------------------------------
+    def _missing_images(self) -> list[str]:
+        import docker.errors
+
+        missing = []
+        for svc in self.config().get("services", {}).values():
+            image = svc.get("image")
+            if not image or "build" in svc:
+                continue
+            try:
+                self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                missing.append(str(image))
+        return sorted(set(missing))
+
+    def _clean_start(self, report: Reporter) -> None:
+        """Environments labelled stackops.clean-start (test) start from empty volumes when stopped."""
+        labelled = [name for name, svc in self.config().get("services", {}).items()
+                    if str((svc.get("labels") or {}).get(CLEAN_START_LABEL, "")).lower() == "true"]
+        if not labelled:
+            return
+        running = self.containers()
+        if all(running.get(s) is not None and running[s].status == "running" for s in labelled):
+            return
+        if self.env.protected:
+            raise ProtectedEnvironment(
+                f"environment {self.env.name} is protected but its compose files ask for a clean start "
+                f"(label {CLEAN_START_LABEL}): remove that label from its overlay"
+            )
+        volumes = self.volumes()
+        if volumes or running:
+            report.step(f"clean start for {self.env.name}: removing the previous run's containers and volumes "
+                        f"({', '.join(sorted(volumes)) or 'none'})")
+            self.compose("down", "--volumes", "--remove-orphans", "--timeout", "30")
+
+    def up(self, report: Reporter, *, build: bool = False, force_recreate: bool = False,
+           pull: str = "missing", timeout: float = 300.0) -> None:
+        """``docker compose up -d`` (idempotent), then wait until the data services are healthy."""
+        self.env.uploads_dir.mkdir(parents=True, exist_ok=True)
+        if "backup" in self.services():
+            self.env.backups_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_start(report)
+        missing = self._missing_images()
+        if missing and pull in ("never", "missing"):
+            report.warn(f"images not present locally: {', '.join(missing)} — "
+                        + ("compose will try to pull them; offline, run `invoke images.build` first"
+                           if pull == "missing" else "run `invoke images.build` first"))
+        report.step(f"starting {self.env.name} (compose project {self.project})")
+        args = ["up", "--detach", "--remove-orphans", "--pull", pull]
+        if build:
+            args.append("--build")
+        if force_recreate:
+            args.append("--force-recreate")
+        try:
+            self._compose_streamed(args, report)
+        except ServiceError as exc:
+            if missing:
+                raise ServiceError(f"{exc}; images missing locally: {', '.join(missing)} "
+                                   "(offline: run `invoke images.build`)") from exc
+            raise
+        self.wait_healthy(report, timeout=timeout)
+
+    def wait_healthy(self, report: Reporter, timeout: float = 300.0) -> None:
+        """Wait until database, Redis and backend are healthy and every other service runs."""
+        started = time.monotonic()
+        deadline = started + timeout
+        wanted = self.services()
+        last = ""
+        while True:
+            containers = self.containers()
+            problems = []
+            for service in wanted:
+                c = containers.get(service)
+                if c is None:
+                    problems.append(f"{service}: no container")
+                    continue
+                state = c.attrs.get("State", {})
+                status = state.get("Status", "?")
+                health = (state.get("Health") or {}).get("Status")
+                policy = (c.attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no"
+                if status in ("exited", "dead") and policy in ("no", ""):
+                    raise ServiceError(
+                        f"service {service} of {self.env.name} exited with code {state.get('ExitCode')}: "
+                        f"see `docker logs {c.name}`"
+                    )
+                if status != "running":
+                    problems.append(f"{service}: {status}")
+                elif service in DATA_SERVICES and health == "unhealthy":
+                    raise ServiceError(
+                        f"service {service} of {self.env.name} is unhealthy ({_health_log_tail(c) or 'no output'}): "
+                        f"see `docker logs {c.name}`"
+                    )
+                elif service in DATA_SERVICES and health not in (None, "healthy"):
+                    problems.append(f"{service}: {health}")
+            if not problems:
+                report.info(f"{self.env.name} healthy after {time.monotonic() - started:.1f}s")
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{self.env.name} not healthy within {timeout:.0f}s ({'; '.join(problems)}): "
+                    f"see `docker compose -p {self.project} logs`"
+                )
+            now = ", ".join(problems)
+            if now != last:
+                report.info(f"waiting: {now}")
+                last = now
+            time.sleep(1.0)
+
+    def down(self, report: Reporter, *, remove_data: bool = False) -> None:
+        if remove_data and self.env.protected:
+            raise ProtectedEnvironment(
+                f"refusing to remove the volumes of protected environment {self.env.name!r}: {DOWN_V_REASON}; "
+                f"stop it without --remove-data (data is kept)"
+            )
+        args = ["down", "--remove-orphans", "--timeout", "60"]
+        if remove_data:
+            names = ", ".join(sorted(self.volumes())) or "none"
+            report.step(f"stopping {self.env.name} and REMOVING its volumes ({names})")
+            args.append("--volumes")
+        else:
+            report.step(f"stopping {self.env.name} (compose project {self.project}); volumes are kept")
+        self._compose_streamed(args, report)
+
+    def uploads_replaced(self, report: Reporter) -> None:
+        """Call after the uploads folder was swapped for another one (restore renames folders): a bind
+        mount follows the folder it was made from, so containers mounting the uploads path are restarted
+        to mount the folder now at that path."""
+        path = str(self.env.uploads_dir.resolve())
+        services = sorted(
+            service for service, c in self.containers().items()
+            if c.status == "running" and any(
+                m.get("Type") == "bind" and str(m.get("Source", "")).rstrip("/") == path
+                for m in c.attrs.get("Mounts") or [])
+        )
+        if not services:
+            return
+        report.step(f"restarting {', '.join(services)} to mount the new uploads folder {path}")
+        self._compose_streamed(["restart", "--timeout", "60", *services], report)
+        self.wait_healthy(report)
+
+    def pull(self, report: Reporter) -> None:
+        """The guide's `docker compose pull`, offline-safe: only images missing locally are pulled, and
+        images that compose builds itself are skipped."""
+        report.step(f"pulling missing images for {self.env.name}")
+        self._compose_streamed(["pull", "--policy", "missing", "--ignore-buildable"], report)
+
+    # ----- protocol: status ------------------------------------------------------------------------------
+    def status(self) -> list[ServiceStatus]:
+        containers = self.containers()
+        sizes: dict[str, int] = {}
+        try:
+            for v in self.client.df().get("Volumes") or []:
+                size = (v.get("UsageData") or {}).get("Size")
+                if isinstance(size, int) and size >= 0:
+                    sizes[v["Name"]] = size
+        except Exception:  # sizes are informative only
+            sizes = {}
+        volumes = self.volumes()
+        by_docker_name = {docker_name: name for name, docker_name in volumes.items()}
+        out = []
+        try:
+            services = self.services()
+        except ConfigError:
+            services = sorted(containers)
+        for service in services:
+            c = containers.get(service)
+            if c is None:
+                out.append(ServiceStatus(service, "missing", None, None, None, "-", None, "no container"))
+                continue
+            state = c.attrs.get("State", {})
+            running = state.get("Status") == "running"
+            health = (state.get("Health") or {}).get("Status")
+            healthy = {"healthy": True, "unhealthy": False}.get(health or "", None) if running else None
+            port = None
+            if service in SERVICE_PORTS:
+                for b in (c.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(
+                        f"{SERVICE_PORTS[service]}/tcp") or []:
+                    if b.get("HostPort"):
+                        port = int(b["HostPort"])
+            data, size = [], 0
+            for m in c.attrs.get("Mounts") or []:
+                if m.get("Type") == "volume" and m.get("Name") in by_docker_name:
+                    data.append(f"volume {by_docker_name[m['Name']]}")
+                    size += sizes.get(m["Name"], 0)
+                elif m.get("Type") == "bind" and m.get("Destination") in ("/app/uploads", "/backups"):
+                    data.append(str(m.get("Source")))
+            detail = f"{c.name}, {c.attrs.get('Config', {}).get('Image', '')}"
+            if health and health != "healthy":
+                detail += f", health {health}: {_health_log_tail(c)}"
+            elif service == "backup" and health:
+                detail += f", {_health_log_tail(c)}"
+            out.append(ServiceStatus(service, "running" if running else str(state.get("Status", "?")), healthy,
+                                     port, state.get("Pid") or None, ", ".join(data) or "-",
+                                     size if any(d.startswith("volume") for d in data) else None, detail))
+        uploads = self.env.uploads_dir
+        from stackops.runtime import dir_size
+
+        out.append(ServiceStatus("uploads", "present" if uploads.is_dir() else "missing", None, None, None,
+                                 str(uploads), dir_size(uploads) if uploads.is_dir() else None,
+                                 "host folder (bind mount)"))
+        return out

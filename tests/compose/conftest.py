@@ -1,0 +1,161 @@
+"""Fixtures of the compose acceptance tests (real Docker engine, real docker compose).
+
+The lifecycle belongs to nox (`nox -s "compose(env='dev')"`, see tests/compose/harness.py): it brings
+the harness dev, test and prod projects up through `invoke env.up` and sets STACKOPS_IT_ENV to the
+environment under test. Outside such a session these tests are skipped; inside one, a missing engine
+or a stopped environment fails them. Every runtime here is checked to be a harness project first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from stackops.config import Settings, load
+from stackops.proc import Cmd, run
+from stackops.report import NullReporter
+from tests.compose.harness import ENVS, PREFIX, ROOT
+
+IT_ENV = os.environ.get("STACKOPS_IT_ENV", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IT_ENV:
+        return
+    skip = pytest.mark.skip(reason="compose acceptance tests run inside `nox -s \"compose(env='dev')\"` "
+                                   "(the session brings the harness environments up)")
+    for item in items:
+        if item.get_closest_marker("compose") is not None:
+            item.add_marker(skip)
+
+
+def settings_for(env: str) -> Settings:
+    """The settings `invoke ... --env env` sees in this process (invoke.yaml + INVOKE_* variables)."""
+    from invoke import Config
+
+    cfg = Config(project_location=str(ROOT))
+    cfg.load_project()
+    cfg.load_shell_env()
+    s = load(cfg.stackops, env, ROOT)
+    if not s.env.compose_project.startswith(PREFIX + "-"):
+        pytest.exit(f"refusing to test against compose project {s.env.compose_project}: not a harness project")
+    return s
+
+
+def runtime_for(env: str) -> Any:
+    from stackops.runtime.compose import ComposeRuntime
+
+    return ComposeRuntime(settings_for(env))
+
+
+@pytest.fixture(scope="session")
+def it_env() -> str:
+    assert IT_ENV in ENVS, f"STACKOPS_IT_ENV={IT_ENV!r}: expected one of {ENVS}"
+    return IT_ENV
+
+
+@pytest.fixture
+def rt(it_env: str) -> Any:
+    return runtime_for(it_env)
+
+
+def cli(*args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `invoke` CLI of this checkout (harness variables come from the environment)."""
+    proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(extra_env or {})}, check=False, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"invoke {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def compose(rt: Any, *args: str, extra_env: dict[str, str] | None = None) -> None:
+    """A plain `docker compose` command as the guide writes it, on the runtime's project and files."""
+    cmd = rt.compose_cmd(*args)
+    run(Cmd(cmd.argv, {**cmd.env, **(extra_env or {})}, cwd=cmd.cwd), timeout=600)
+
+
+def connect(rt: Any, dbname: str | None = None) -> psycopg.Connection[Any]:
+    return psycopg.connect(**rt.conninfo(dbname), autocommit=True)
+
+
+def put_marker(rt: Any, key: str, value: str) -> None:
+    with connect(rt) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS it_marker (k text PRIMARY KEY, v text NOT NULL)")
+        conn.execute("INSERT INTO it_marker VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                     (key, value))
+
+
+def get_marker(rt: Any, key: str) -> str | None:
+    with connect(rt) as conn:
+        exists = conn.execute("SELECT to_regclass('public.it_marker')").fetchone()
+        if not exists or exists[0] is None:
+            return None
+        row = conn.execute("SELECT v FROM it_marker WHERE k = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+def table_hashes(rt: Any, dbname: str | None = None) -> dict[str, str]:
+    """Row count and a hash of every row of every user table (content, not counts)."""
+    with connect(rt, dbname) as conn:
+        tables = conn.execute("SELECT schemaname, tablename FROM pg_tables "
+                              "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+        out = {}
+        for schema, table in tables:
+            q = sql.SQL("SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
+                        "FROM {} x").format(sql.Identifier(schema, table))
+            row = conn.execute(q).fetchone()
+            assert row is not None
+            out[f"{schema}.{table}"] = str(row[0])
+        seqs = conn.execute(
+            "SELECT string_agg(schemaname || '.' || sequencename || ':' || coalesce(last_value, 0), ',' "
+            "ORDER BY schemaname, sequencename) FROM pg_sequences").fetchone()
+        out["_sequences"] = str(seqs[0] if seqs else None)
+        return out
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def backend_sha256(rt: Any, rel: str) -> str | None:
+    """The hash of an upload as the backend container sees it (through its own mount)."""
+    port = rt.settings.env.ports.backend
+    url = f"http://127.0.0.1:{port}/uploads/{urllib.request.quote(rel)}/sha256"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(json.loads(resp.read())["sha256"])
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def wait_for(predicate: Any, timeout: float, what: str, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture
+def healthy_after(rt: Any) -> Iterator[Any]:
+    """Leaves the environment healthy for the next test whatever this one did to it."""
+    yield rt
+    rt.wait_healthy(NullReporter(), timeout=180)

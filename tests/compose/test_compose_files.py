@@ -1,0 +1,108 @@
+"""Static checks of the compose files, the offline image plan and the compose runtime's refusals:
+no Docker engine needed (these run in every compose session, and anywhere with `pytest tests/compose`)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from stackops import images
+from stackops.errors import ProtectedEnvironment
+from stackops.report import NullReporter
+from stackops.runtime.compose import ComposeRuntime
+from tests.conftest import make_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose"
+FILES = ["docker-compose.yml", "docker-compose.override.yml", "docker-compose.test.yml", "docker-compose.prod.yml"]
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((COMPOSE / name).read_text())
+    return data
+
+
+def test_every_image_is_a_variable_defaulting_to_a_public_or_local_name() -> None:
+    wanted = {"database": "POSTGRES_IMAGE", "redis": "REDIS_IMAGE", "backend": "BACKEND_IMAGE"}
+    base = load("docker-compose.yml")["services"]
+    for service, var in wanted.items():
+        assert re.fullmatch(rf"\$\{{{var}:-[^}}]+\}}", base[service]["image"]), base[service]["image"]
+    assert base["database"]["image"] == "${POSTGRES_IMAGE:-postgres:15}"
+    assert base["redis"]["image"] == "${REDIS_IMAGE:-redis:7}"
+    assert load("docker-compose.prod.yml")["services"]["backup"]["image"].startswith("${OPS_IMAGE:-")
+
+
+def test_each_environment_has_its_project_volumes_and_loopback_ports() -> None:
+    for name, env in (("docker-compose.override.yml", "dev"), ("docker-compose.test.yml", "test"),
+                      ("docker-compose.prod.yml", "prod")):
+        data = load(name)
+        assert data["name"] == f"impactbot-v2-{env}"
+        assert {f"postgres_{env}_data", f"redis_{env}_data"} <= set(data["volumes"])
+        for service in data["services"].values():
+            for port in service.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), port
+    prod = load("docker-compose.prod.yml")["services"]
+    assert "ports" not in prod["database"] and "ports" not in prod["redis"]
+    for service in ("database", "redis", "backend", "backup"):
+        assert prod[service]["restart"] == "unless-stopped"
+        assert prod[service]["logging"]["options"]["max-size"]
+    assert "--appendonly" in prod["redis"]["command"]
+    assert prod["database"]["env_file"][0]["required"] is True
+    assert load("docker-compose.override.yml")["services"]["database"]["container_name"].endswith(
+        ":-impactbot-v2-database}")
+
+
+def test_env_example_documents_every_variable_and_holds_no_real_secret() -> None:
+    used = set()
+    for name in FILES:
+        used |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (COMPOSE / name).read_text()))
+    example = (COMPOSE / ".env.example").read_text()
+    documented = set(re.findall(r"^#?([A-Z_][A-Z0-9_]*)=", example, re.M))
+    assert used - documented == set()
+    assert "POSTGRES_PASSWORD=change-me" in example
+
+
+def test_image_plan_builds_parents_first_and_hashes_change_with_inputs(tmp_path: Path) -> None:
+    plan = images.plan(ROOT)
+    order = [s.name for s in plan]
+    for spec in plan:
+        if spec.parent:
+            assert order.index(spec.parent) < order.index(spec.name)
+    assert {s.tag for s in plan if s.public} == {"postgres:15", "redis:7", "python:3.11-slim"}
+    assert not any(s.tag.endswith(":latest") for s in plan)  # compose always pulls :latest, even offline
+    spec = next(s for s in plan if s.name == "postgres")
+    assert spec.context is not None
+    copy = tmp_path / "postgres"
+    shutil.copytree(spec.context, copy)
+    moved = replace(spec, context=copy)
+    first = images.input_hash(moved, ROOT, "sha256:parent", images.DEFAULT_MIRROR)
+    assert images.input_hash(moved, ROOT, "sha256:parent", images.DEFAULT_MIRROR) == first
+    assert images.input_hash(moved, ROOT, "sha256:other", images.DEFAULT_MIRROR) != first
+    (copy / "docker-entrypoint.sh").write_text((copy / "docker-entrypoint.sh").read_text() + "\n# changed\n")
+    assert images.input_hash(moved, ROOT, "sha256:parent", images.DEFAULT_MIRROR) != first
+
+
+def test_prod_refuses_down_with_volume_removal_before_touching_docker() -> None:
+    rt = ComposeRuntime(make_settings("prod", compose_project="stackops-it-refusal"))
+    with pytest.raises(ProtectedEnvironment, match="DON'T USE THIS") as err:
+        rt.down(NullReporter(), remove_data=True)
+    assert "removes volumes and all data" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pg_cmd_keeps_the_password_out_of_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = ComposeRuntime(make_settings("dev", compose_project="stackops-it-argv"))
+    fake = SimpleNamespace(id="c0ffee", name="db", attrs={"Config": {"Env": ["POSTGRES_PASSWORD=s3cret-value"]}})
+    monkeypatch.setattr(rt, "container", lambda service: fake)
+    cmd = rt.pg_cmd("pg_dump").with_args("--format=custom")
+    assert not any("s3cret-value" in a for a in cmd.argv)
+    assert cmd.env["PGPASSWORD"] == "s3cret-value"
+    i = cmd.argv.index("PGPASSWORD")
+    assert cmd.argv[i - 1] == "-e" and cmd.argv[-3:] == ["c0ffee", "pg_dump", "--format=custom"]
+    assert cmd.argv[1:3] == ["exec", "-i"]
