@@ -7,6 +7,7 @@ developer's dev/test/prod environments. Each test that wants a database gets its
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from stackops.config import Settings, load
 from stackops.report import NullReporter
 
 ROOT = Path(__file__).resolve().parents[1]
+# The runtime the integration tests run on: the local runtime (a private cluster started here), or
+# the compose runtime of a harness project that `nox -s "compose(env='dev')"` brought up (it owns that
+# lifecycle and sets STACKOPS_IT_RUNTIME=compose and STACKOPS_IT_ENV).
+IT_RUNTIME = os.environ.get("STACKOPS_IT_RUNTIME", "local")
 
 
 def free_port() -> int:
@@ -61,15 +66,45 @@ class Harness:
         return replace(self.settings, env=env)
 
     def runtime(self, settings: Settings | None = None) -> Any:
+        if IT_RUNTIME == "compose":
+            from stackops.runtime.compose import ComposeRuntime
+
+            return ComposeRuntime(settings or self.settings)
         from stackops.runtime.local import LocalRuntime
 
         return LocalRuntime(settings or self.settings)
+
+
+def invoke_settings(env: str) -> Settings:
+    """The settings `invoke ... --env env` sees in this process (invoke.yaml + INVOKE_* variables)."""
+    from invoke import Config
+
+    cfg = Config(project_location=str(ROOT))
+    cfg.load_project()
+    cfg.load_shell_env()
+    return load(cfg.stackops, env, ROOT)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IT_RUNTIME != "compose":
+        return
+    skip = pytest.mark.skip(reason="tests of the local runtime itself: not run against a compose project")
+    for item in items:
+        if item.get_closest_marker("local_runtime") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     base = tmp_path_factory.mktemp("harness")
     base.chmod(0o755)
+    if IT_RUNTIME == "compose":
+        settings = invoke_settings(os.environ["STACKOPS_IT_ENV"])
+        if not settings.env.compose_project.startswith("stackops-it-"):
+            pytest.exit(f"refusing to test against compose project {settings.env.compose_project}: "
+                        "not a harness project")
+        yield Harness(settings, base)  # nox owns this project's lifecycle
+        return
     settings = make_settings(
         "test", runtime="local", state_dir=str(base / "state"),
         uploads_dir=str(base / "uploads"), backups_dir=str(base / "backups"),
@@ -109,17 +144,21 @@ def fresh(harness: Harness) -> Iterator[Fresh]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def cli_env(settings: Settings, as_env: str = "test") -> dict[str, str]:
-    """Environment variables that point ``invoke ... --env as_env`` at ``settings`` (harness cluster)."""
-    import os
-
+def cli_env(settings: Settings, as_env: str = "test", migrations: Path | None = None) -> dict[str, str]:
+    """Environment variables that point ``invoke ... --env as_env`` at ``settings`` (the harness's
+    cluster or compose project, this test's database and folders)."""
     e = settings.env
-    prefix = f"INVOKE_STACKOPS_ENVS_{as_env.upper()}_"
-    return {**os.environ, **{prefix + k: v for k, v in {
-        "RUNTIME": "local", "STATE_DIR": str(e.state_dir), "DB_NAME": e.db_name,
+    values = {
+        "RUNTIME": IT_RUNTIME, "STATE_DIR": str(e.state_dir), "DB_NAME": e.db_name,
         "BACKUPS_DIR": str(e.backups_dir), "UPLOADS_DIR": str(e.uploads_dir),
         "PORTS_POSTGRES": str(e.ports.postgres), "PORTS_REDIS": str(e.ports.redis),
-    }.items()}}
+        "PORTS_BACKEND": str(e.ports.backend),
+    }
+    if IT_RUNTIME == "compose":
+        values |= {"COMPOSE_PROJECT": e.compose_project, "COMPOSE_FILES": ":".join(map(str, e.compose_files))}
+    prefix = f"INVOKE_STACKOPS_ENVS_{as_env.upper()}_"
+    return {**os.environ, **{prefix + k: v for k, v in values.items()},
+            "INVOKE_STACKOPS_MIGRATIONS_DIR": str(migrations or settings.migrations.directory)}
 
 
 def invoke_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -23,10 +23,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from stackops.config import Settings, load
+from stackops.config import Settings
 from stackops.proc import Cmd, run
 from stackops.report import NullReporter
 from tests.compose.harness import ENVS, PREFIX, ROOT
+from tests.conftest import invoke_settings
 
 IT_ENV = os.environ.get("STACKOPS_IT_ENV", "")
 
@@ -43,12 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def settings_for(env: str) -> Settings:
     """The settings `invoke ... --env env` sees in this process (invoke.yaml + INVOKE_* variables)."""
-    from invoke import Config
-
-    cfg = Config(project_location=str(ROOT))
-    cfg.load_project()
-    cfg.load_shell_env()
-    s = load(cfg.stackops, env, ROOT)
+    s = invoke_settings(env)
     if not s.env.compose_project.startswith(PREFIX + "-"):
         pytest.exit(f"refusing to test against compose project {s.env.compose_project}: not a harness project")
     return s

@@ -101,6 +101,9 @@ def compose_session(session: Any, env: str) -> None:
             session.run("invoke", "env.up", "--env", e, env=environ)
         session.run("pytest", "tests/compose", *session.posargs,
                     env={**environ, "STACKOPS_IT_ENV": env})
+        if env == "dev":  # the whole backup / restore / verify / migrate / check suite, on the compose runtime
+            session.run("pytest", "tests/integration", *session.posargs,
+                        env={**environ, "STACKOPS_IT_ENV": env, "STACKOPS_IT_RUNTIME": "compose"})
     finally:
         for e in ENVS:
             # dev and test: stackops' own removal; prod refuses it (protected), so its harness volumes go by label

@@ -3,7 +3,6 @@ a second fresh database, and the environment that points the real `invoke` CLI a
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from psycopg import sql
 
 from stackops.config import Settings
 from stackops.proc import text
-from tests.conftest import ROOT, Fresh, Harness
+from tests.conftest import ROOT, Fresh, Harness, cli_env  # noqa: F401  (re-exported for the tests here)
 
 
 @dataclass(frozen=True)
@@ -98,25 +97,6 @@ def new_fresh(harness: Harness) -> Iterator[Callable[[], Fresh]]:
                                 (f.settings.env.db_name + "%",)).fetchall()
             for (name,) in rows:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def cli_env(settings: Settings, migrations: Path | None = None) -> dict[str, str]:
-    """Environment for `invoke -r ROOT ... --env test` aimed at the harness database of ``settings``."""
-    env = settings.env
-    prefix = "INVOKE_STACKOPS_ENVS_TEST_"
-    out = {
-        **os.environ,
-        prefix + "RUNTIME": "local",
-        prefix + "DB_NAME": env.db_name,
-        prefix + "STATE_DIR": str(env.state_dir),
-        prefix + "UPLOADS_DIR": str(env.uploads_dir),
-        prefix + "BACKUPS_DIR": str(env.backups_dir),
-        prefix + "PORTS_POSTGRES": str(env.ports.postgres),
-        prefix + "PORTS_REDIS": str(env.ports.redis),
-        prefix + "PORTS_BACKEND": str(env.ports.backend),
-        "INVOKE_STACKOPS_MIGRATIONS_DIR": str(migrations or settings.migrations.directory),
-    }
-    return out
 
 
 INVOKE = [sys.executable, "-m", "invoke", "-r", str(ROOT)]

@@ -22,7 +22,7 @@ from stackops.runtime.external import ExternalRuntime
 from stackops.runtime.local import LocalRuntime
 from tests.conftest import ROOT, Harness, free_port, make_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.local_runtime]
 
 
 def own_env(tmp: Path, name: str = "dev", runtime: str = "local", **extra: object) -> Settings:

@@ -29,7 +29,7 @@ def test_create_refuses_a_bad_name_in_one_line(tmp_path: Path) -> None:
 
 
 def test_create_apply_status_check_through_the_cli(fresh: Fresh, migrations_dir: Path) -> None:
-    env = cli_env(fresh.settings, migrations_dir)
+    env = cli_env(fresh.settings, migrations=migrations_dir)
     created = invoke("migrate.create", "add_notes", "--env", "test", env=env)
     assert created.returncode == 0, created.stderr
     path = Path(created.stdout.strip())
@@ -49,7 +49,7 @@ def test_create_apply_status_check_through_the_cli(fresh: Fresh, migrations_dir:
 
 def test_failing_apply_exits_non_zero_naming_file_and_line(fresh: Fresh, migrations_dir: Path) -> None:
     write_migration(migrations_dir, "20240101000000_ok.sql", "CREATE TABLE ok (id bigint);", "DROP TABLE ok;")
-    env = cli_env(fresh.settings, migrations_dir)
+    env = cli_env(fresh.settings, migrations=migrations_dir)
     assert invoke("migrate.apply", "--env", "test", env=env).returncode == 0
     before = snapshot(fresh)
     write_migration(migrations_dir, "20240102000000_bad.sql",
@@ -74,7 +74,7 @@ def test_two_apply_processes_started_together_apply_each_migration_once(fresh: F
     # built while the other process polls for the lock: the lock's idle session cannot block it
     write_migration(migrations_dir, "20240103000000_idx.sql", "CREATE INDEX CONCURRENTLY hits_n_idx ON hits (n);",
                     "DROP INDEX CONCURRENTLY hits_n_idx;", transactional=False)
-    env = cli_env(fresh.settings, migrations_dir)
+    env = cli_env(fresh.settings, migrations=migrations_dir)
     procs = [subprocess.Popen([*INVOKE, "migrate.apply", "--env", "test"], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
