@@ -96,7 +96,7 @@ def test_prod_refuses_down_with_volume_removal_before_touching_docker() -> None:
     assert "removes volumes and all data" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_pg_cmd_keeps_the_password_out_of_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pg_cmd_keeps_the_password_out_of_argv_fake_container(monkeypatch: pytest.MonkeyPatch) -> None:
     rt = ComposeRuntime(make_settings("dev", compose_project="stackops-it-argv"))
     fake = SimpleNamespace(id="c0ffee", name="db", attrs={"Config": {"Env": ["POSTGRES_PASSWORD=s3cret-value"]}})
     monkeypatch.setattr(rt, "container", lambda service: fake)
