@@ -35,6 +35,9 @@ def typecheck(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """pytest: unit tests and integration tests on real PostgreSQL and Redis (local runtime)."""
     session.install("-e", ".[test]")
+    # redis-server and zstd: installed with apt when missing and root, else the exact command is printed
+    session.run("python", "-c", "from stackops.prereq import ensure_programs; from stackops.report import "
+                "Reporter; ensure_programs(['redis-server', 'zstd'], Reporter())")
     session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
 
 
@@ -43,6 +46,8 @@ def tests(session: nox.Session) -> None:
 def compose(session: nox.Session, env: str) -> None:
     """One compose environment on a real Docker engine: up via stackops, tests/compose, down."""
     session.install("-e", ".[test]")
+    # docker.io, debootstrap, compose v2, dockerd and the offline images: seconds when all are there
+    session.run("bash", ".ci/setup-docker", external=True)
     compose_session(session, env)
 
 
