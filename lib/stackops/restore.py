@@ -191,15 +191,13 @@ def _swap_database(runtime: Runtime, live: str, new: str, report: Reporter) -> s
     return previous
 
 
-def _restore_uploads(settings: Settings, runtime: Runtime, backup: BackupSet,
-                     report: Reporter) -> tuple[str | None, str | None]:
+def _stage_uploads(settings: Settings, backup: BackupSet, report: Reporter) -> Path:
+    """Unpack the backup's uploads beside the live folder (same filesystem), checked against the manifest."""
     archive = backup.file("uploads")
-    if archive is None:
-        return None, None
+    assert archive is not None
     live = settings.env.uploads_dir
     live.parent.mkdir(parents=True, exist_ok=True)
-    stamp = _stamp()
-    staging = live.with_name(f"{live.name}.restoring-{stamp}")
+    staging = live.with_name(f"{live.name}.restoring-{_stamp()}")
     staging.mkdir(mode=0o755)
     try:
         pipeline([decompressor(backup.manifest["compression"], archive),
@@ -211,7 +209,14 @@ def _restore_uploads(settings: Settings, runtime: Runtime, backup: BackupSet,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    previous = live.with_name(f"{live.name}{PRE_RESTORE}{stamp}") if live.exists() else None
+    report.info(f"unpacked {files} upload files beside {live.name}")
+    return staging
+
+
+def _swap_uploads(settings: Settings, runtime: Runtime, staging: Path, report: Reporter) -> str | None:
+    """Rename live -> live_pre_restore_<ts> and staging -> live; returns the kept previous folder."""
+    live = settings.env.uploads_dir
+    previous = live.with_name(f"{live.name}{PRE_RESTORE}{_stamp()}") if live.exists() else None
     if previous is not None:
         live.rename(previous)
     try:
@@ -223,7 +228,7 @@ def _restore_uploads(settings: Settings, runtime: Runtime, backup: BackupSet,
     finally:
         runtime.uploads_replaced(report)  # bind mounts follow the folder they were given, not its name
     report.info(f"swapped in the restored uploads folder; the previous one is kept as {previous}")
-    return str(live), str(previous) if previous else None
+    return str(previous) if previous else None
 
 
 def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter,
@@ -265,20 +270,29 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
         _preflight(settings, runtime, backup, report)
         target = _side_name(live, "restore")
         _create_db(runtime, target)
+        staging = None
         try:
             _load_archive(settings, runtime, backup, target, report)
             counts = _compare_counts(runtime, target, backup.manifest["row_counts"])
             report.info(f"row counts match the backup for {len(counts)} tables")
+            if uploads:  # staged before anything live is swapped, so rows and files change together
+                staging = _stage_uploads(settings, backup, report)
         except BaseException as exc:
             drop_database(runtime, target)
             if isinstance(exc, CommandFailed):
                 raise RestoreError(f"loading {backup.id} failed, the live database {live} is unchanged: "
                                    f"{exc}") from exc
             raise
-        previous = _swap_database(runtime, live, target, report)
-        up_dir, up_prev = _restore_uploads(settings, runtime, backup, report) if uploads else (None, None)
-        return RestoreResult(backup.id, live, previous, up_dir, up_prev, counts,
-                             round(time.monotonic() - started, 3))
+        try:
+            previous = _swap_database(runtime, live, target, report)
+        except BaseException:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            drop_database(runtime, target)
+            raise
+        up_prev = _swap_uploads(settings, runtime, staging, report) if staging is not None else None
+        return RestoreResult(backup.id, live, previous, str(settings.env.uploads_dir) if staging else None,
+                             up_prev, counts, round(time.monotonic() - started, 3))
 
 
 def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Reporter,
