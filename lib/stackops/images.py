@@ -110,19 +110,9 @@ def plan(root: Path) -> list[ImageSpec]:
 
 # ----- docker access ----------------------------------------------------------------------------
 def _client() -> Any:
-    try:
-        import docker
-    except ImportError as exc:
-        raise PrerequisiteError("the docker Python package is missing: run `pip install -e '.[dev]'`") from exc
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:
-        raise PrerequisiteError(
-            f"no Docker engine answered ({type(exc).__name__}): start it with `.ci/setup-docker` "
-            "(or `dockerd &`) and retry"
-        ) from exc
-    return client
+    from stackops.runtime.compose import docker_client
+
+    return docker_client(timeout=600)
 
 
 def _image(client: Any, tag: str) -> Any | None:

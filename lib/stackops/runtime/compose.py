@@ -66,13 +66,14 @@ def compose_argv() -> tuple[str, ...]:
     )
 
 
-def docker_client() -> Any:
+def docker_client(timeout: int = 60) -> Any:
+    """A docker SDK client whose engine answered a ping (image builds want a longer ``timeout``)."""
     try:
         import docker
     except ImportError as exc:
         raise PrerequisiteError("the docker Python package is missing: run `pip install -e '.[dev]'`") from exc
     try:
-        client = docker.from_env(timeout=60)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:  # any failure means "no engine"
         raise PrerequisiteError(f"no Docker engine answered ({type(exc).__name__}): {SETUP_HINT}") from exc
