@@ -117,6 +117,28 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     rt.down(NullReporter())
 
 
+def table_hashes(conn: psycopg.Connection[Any], sequences: bool = False) -> dict[str, str]:
+    """Row count and a hash of every row of every user table: content, not counts. With ``sequences``
+    also every sequence's last value (key ``_sequences``)."""
+    from psycopg import sql
+
+    tables = conn.execute("SELECT schemaname, tablename FROM pg_tables "
+                          "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+    out = {}
+    for schema, table in tables:
+        q = sql.SQL("SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
+                    "FROM {} x").format(sql.Identifier(schema, table))
+        row = conn.execute(q).fetchone()
+        assert row is not None
+        out[f"{schema}.{table}"] = str(row[0])
+    if sequences:
+        seqs = conn.execute(
+            "SELECT string_agg(schemaname || '.' || sequencename || ':' || coalesce(last_value, 0), ',' "
+            "ORDER BY schemaname, sequencename) FROM pg_sequences").fetchone()
+        out["_sequences"] = str(seqs[0] if seqs else None)
+    return out
+
+
 @dataclass
 class Fresh:
     """One test's own database (created empty) with its uploads and backups folders."""

@@ -21,13 +21,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from stackops.config import Settings
 from stackops.proc import Cmd, run
 from stackops.report import NullReporter
 from tests.compose.harness import ENVS, PREFIX, ROOT
 from tests.conftest import invoke_settings
+from tests.conftest import table_hashes as hashes_of
 
 IT_ENV = os.environ.get("STACKOPS_IT_ENV", "")
 
@@ -103,22 +103,9 @@ def get_marker(rt: Any, key: str) -> str | None:
 
 
 def table_hashes(rt: Any, dbname: str | None = None) -> dict[str, str]:
-    """Row count and a hash of every row of every user table (content, not counts)."""
+    """Row count and a hash of every row of every user table, and the sequences (content, not counts)."""
     with connect(rt, dbname) as conn:
-        tables = conn.execute("SELECT schemaname, tablename FROM pg_tables "
-                              "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
-        out = {}
-        for schema, table in tables:
-            q = sql.SQL("SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
-                        "FROM {} x").format(sql.Identifier(schema, table))
-            row = conn.execute(q).fetchone()
-            assert row is not None
-            out[f"{schema}.{table}"] = str(row[0])
-        seqs = conn.execute(
-            "SELECT string_agg(schemaname || '.' || sequencename || ':' || coalesce(last_value, 0), ',' "
-            "ORDER BY schemaname, sequencename) FROM pg_sequences").fetchone()
-        out["_sequences"] = str(seqs[0] if seqs else None)
-        return out
+        return hashes_of(conn, sequences=True)
 
 
 def tree(folder: Path) -> dict[str, str]:

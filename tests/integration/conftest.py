@@ -16,7 +16,7 @@ from psycopg import sql
 
 from stackops.config import Settings
 from stackops.proc import text
-from tests.conftest import ROOT, Fresh, Harness, cli_env  # noqa: F401  (re-exported for the tests here)
+from tests.conftest import ROOT, Fresh, Harness, cli_env, table_hashes  # noqa: F401  (re-exported for the tests here)
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,7 @@ def schema_dump(fresh: Fresh) -> str:
 def row_hashes(fresh: Fresh) -> dict[str, str]:
     """Row count and a hash of all rows of every user table."""
     with fresh.connect() as conn:
-        tables = conn.execute(
-            "SELECT schemaname, tablename FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
-        out = {}
-        for schema, table in tables:
-            q = sql.SQL("SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
-                        "FROM {} x").format(sql.Identifier(schema, table))
-            row = conn.execute(q).fetchone()
-            assert row is not None
-            out[f"{schema}.{table}"] = str(row[0])
-        return out
+        return table_hashes(conn)
 
 
 def snapshot(fresh: Fresh) -> Snapshot:

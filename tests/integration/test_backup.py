@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from stackops.backup import (
     BackupCorrupt,
@@ -33,7 +32,7 @@ from stackops.errors import LockBusy
 from stackops.lock import env_lock
 from stackops.report import NullReporter, Reporter
 from stackops.restore import RestoreError, previous_copies, restore_database, verify_backup
-from tests.conftest import ROOT, Fresh, cli_env, invoke_cli
+from tests.conftest import ROOT, Fresh, cli_env, invoke_cli, table_hashes
 
 pytestmark = pytest.mark.integration
 
@@ -56,19 +55,9 @@ def populate(conn: psycopg.Connection[Any], n: int = 200) -> None:
 
 
 def content(fresh: Fresh) -> dict[str, str]:
-    """Every table's full contents as one hash each (not counts)."""
+    """Every table's full contents as one hash each (not counts), and the sequences."""
     with fresh.connect() as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
-        out = {}
-        for t in tables:
-            q = sql.SQL("SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {} x").format(
-                sql.Identifier(t))
-            out[t] = conn.execute(q).fetchone()[0]
-        out["_sequences"] = str(conn.execute(
-            "SELECT string_agg(sequencename || ':' || coalesce(last_value, 0), ',' ORDER BY sequencename) "
-            "FROM pg_sequences").fetchone()[0])
-        return out
+        return table_hashes(conn, sequences=True)
 
 
 def tree(folder: Path) -> dict[str, str]:
