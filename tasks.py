@@ -59,6 +59,5 @@ ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
 for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, images_tasks):
-    if sub.ns.task_names or sub.ns.collections:
-        ns.add_collection(sub.ns)
+    ns.add_collection(sub.ns)
 ns.configure({"stackops_root": str(ROOT)})

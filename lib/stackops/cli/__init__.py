@@ -39,9 +39,10 @@ def settings(c: Any, env: str | None) -> Any:
 
 
 def reporter(json_out: bool = False) -> Any:
+    """Progress for a task. It always goes to stderr, so ``--json`` output on stdout stays parseable."""
     from stackops.report import Reporter
 
-    return Reporter(quiet=False) if not json_out else Reporter(stream=sys.stderr)
+    return Reporter(stream=sys.stderr)
 
 
 def runtime(s: Any, report: Any) -> Any:
