@@ -373,3 +373,31 @@ def test_cli_restore_in_a_protected_environment_needs_yes_and_dry_run_touches_no
     dropped = invoke_cli("restore.drop-previous", previous[0]["name"], "--env", "prod", "--yes", env=env)
     assert dropped.returncode == 0, dropped.stderr
     assert databases(fresh) == [fresh.settings.env.db_name]
+
+
+@pytest.mark.parametrize(("typed", "restored"), [("prod", True), ("prdo", False)])
+def test_cli_restore_at_a_terminal_needs_the_environment_name_typed(fresh: Fresh, typed: str, restored: bool) -> None:
+    import pty
+
+    with fresh.connect() as conn:
+        populate(conn, 5)
+    env = cli_env(fresh.settings, "prod")
+    backup_id = json.loads(invoke_cli("backup.db", "--env", "prod", "--json", env=env).stdout)["id"]
+    with fresh.connect() as conn:
+        conn.execute("DELETE FROM messages")
+    primary, secondary = pty.openpty()  # a real terminal on stdin, as an operator has
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "restore.db", backup_id, "--env", "prod"], cwd=ROOT,
+                            env=env, stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(secondary)
+    os.write(primary, f"{typed}\n".encode())
+    prompt, err = proc.communicate(timeout=120)
+    os.close(primary)
+    with fresh.connect() as conn:
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()
+    assert "Type the environment's name" in prompt
+    if restored:
+        assert proc.returncode == 0, err
+        assert messages == (5,)
+    else:
+        assert proc.returncode == 6 and "the name typed was not 'prod'" in err
+        assert messages == (0,)
