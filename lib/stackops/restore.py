@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from stackops.report import Reporter
 from stackops.runtime import Runtime
 
 PRE_RESTORE = "_pre_restore_"
-_MIGRATION_FILE = re.compile(r"^(\d{8}|\d{14})_[a-z0-9_]+\.sql$")
 
 
 class RestoreError(StackopsError):
@@ -98,7 +96,15 @@ def _disk_versions(settings: Settings) -> list[str]:
     folder = settings.migrations.directory
     if not folder.is_dir():
         return []
-    return sorted(m.group(1).ljust(14, "0") for f in folder.iterdir() if (m := _MIGRATION_FILE.match(f.name)))
+    from stackops.migrate.files import FILE_RE
+
+    return sorted(m["version"].ljust(14, "0") for f in folder.iterdir() if (m := FILE_RE.match(f.name)))
+
+
+def _check_gzip(path: Path) -> None:
+    """A guide-format ``*.sql.gz`` must be a whole gzip stream before anything is touched."""
+    if run(Cmd(["gzip", "-t", str(path)]), check=False).returncode != 0:
+        raise BackupCorrupt(f"{path} is not a valid gzip file (truncated or damaged); nothing was touched")
 
 
 def _preflight(settings: Settings, runtime: Runtime, backup: BackupSet, report: Reporter,
@@ -236,8 +242,7 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
     """What a restore would do, after running every check it would run first (nothing is touched)."""
     live = settings.env.db_name
     if ref.endswith(".sql.gz") and Path(ref).is_file():
-        if run(Cmd(["gzip", "-t", ref]), check=False).returncode != 0:
-            raise BackupCorrupt(f"{ref} is not a valid gzip file (truncated or damaged)")
+        _check_gzip(Path(ref))
         source = ref
     else:
         backup = find_backup(settings, ref)
@@ -298,8 +303,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
 def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Reporter,
                    started: float) -> RestoreResult:
     """The old shell script's ``database_backup_*.sql.gz``: plain SQL, gzip-checked, loaded beside."""
-    if run(Cmd(["gzip", "-t", str(path)]), check=False).returncode != 0:
-        raise BackupCorrupt(f"{path} is not a valid gzip file (truncated or damaged); nothing was touched")
+    _check_gzip(path)
     live = settings.env.db_name
     target = _side_name(live, "restore")
     _create_db(runtime, target)
