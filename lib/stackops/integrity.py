@@ -16,7 +16,7 @@ from typing import Any
 
 from stackops.config import Settings
 from stackops.errors import StackopsError
-from stackops.report import Reporter
+from stackops.report import Check, Reporter
 
 MAX_LISTED = 5
 UPLOADS_TABLE = "file_uploads"
@@ -28,14 +28,6 @@ def _user_objects(query: str) -> Any:
     from psycopg import sql
 
     return sql.SQL(query).format(user_schemas=sql.SQL(_USER_SCHEMAS))
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
 
 
 @dataclass(frozen=True)

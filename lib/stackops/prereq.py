@@ -6,21 +6,10 @@ import importlib.util
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 
 from stackops.errors import PrerequisiteError
 from stackops.proc import Cmd, run
-from stackops.report import Reporter
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    hint: str  # the exact command that fixes it
-    required: bool = True
-
+from stackops.report import Check, Reporter
 
 # program -> Debian package providing it
 SYSTEM_PACKAGES = {

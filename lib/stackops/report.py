@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check as data (doctor's prerequisites, migrate.check's integrity): printed by the task layer."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""  # what to do when it fails: the exact command where there is one
+    required: bool = True  # False: its failure is reported but does not fail the whole run
 
 
 def human_bytes(n: float) -> str:
