@@ -65,6 +65,16 @@ class Harness:
         env.uploads_dir.mkdir(parents=True)
         return replace(self.settings, env=env)
 
+    def fresh(self) -> Fresh:
+        """A new empty database with its own folders on the harness (drop it with Fresh.drop)."""
+        from psycopg import sql
+
+        settings = self.env()
+        made = Fresh(settings, self.runtime(settings))
+        with psycopg.connect(**made.runtime.conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(made.settings.env.db_name)))
+        return made
+
     def runtime(self, settings: Settings | None = None) -> Any:
         if IT_RUNTIME == "compose":
             from stackops.runtime.compose import ComposeRuntime
@@ -149,21 +159,22 @@ class Fresh:
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(**self.runtime.conninfo(), **kwargs)
 
+    def drop(self) -> None:
+        """Drop this test's database and every copy a restore or verify left beside it."""
+        from psycopg import sql
+
+        with psycopg.connect(**self.runtime.conninfo("postgres"), autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                (self.settings.env.db_name + "%",)).fetchall()
+            for (name,) in rows:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
 
 @pytest.fixture
 def fresh(harness: Harness) -> Iterator[Fresh]:
-    from psycopg import sql
-
-    settings = harness.env()
-    rt = harness.runtime(settings)
-    with psycopg.connect(**rt.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.env.db_name)))
-    yield Fresh(settings, rt)
-    with psycopg.connect(**rt.conninfo("postgres"), autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                            (settings.env.db_name + "%",)).fetchall()
-        for (name,) in rows:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    made = harness.fresh()
+    yield made
+    made.drop()
 
 
 def cli_env(settings: Settings, as_env: str = "test", migrations: Path | None = None) -> dict[str, str]:

@@ -4,15 +4,12 @@ a second fresh database, and the environment that points the real `invoke` CLI a
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from stackops.config import Settings
 from stackops.proc import text
@@ -73,20 +70,12 @@ def new_fresh(harness: Harness) -> Iterator[Callable[[], Fresh]]:
     made: list[Fresh] = []
 
     def make() -> Fresh:
-        settings = harness.env(f"t_{uuid.uuid4().hex[:10]}")
-        rt = harness.runtime(settings)
-        with psycopg.connect(**rt.conninfo("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.env.db_name)))
-        made.append(Fresh(settings, rt))
+        made.append(harness.fresh())
         return made[-1]
 
     yield make
     for f in made:
-        with psycopg.connect(**f.runtime.conninfo("postgres"), autocommit=True) as conn:
-            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                (f.settings.env.db_name + "%",)).fetchall()
-            for (name,) in rows:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        f.drop()
 
 
 INVOKE = [sys.executable, "-m", "invoke", "-r", str(ROOT)]
