@@ -110,11 +110,10 @@ def _check_gzip(path: Path) -> None:
 def _preflight(settings: Settings, runtime: Runtime, backup: BackupSet, report: Reporter,
                check_head: bool = True) -> None:
     """Everything that can refuse the restore, checked before anything is created or touched."""
-    import psycopg
 
     check_files(backup, report)
     m = backup.manifest
-    with psycopg.connect(**runtime.conninfo("postgres")) as conn:
+    with _admin(runtime) as conn:
         server_major = conn.info.server_version // 10000
     if int(m["server_major"]) > server_major:
         raise VersionMismatch(
@@ -327,10 +326,9 @@ def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Rep
 
 def previous_copies(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
     """Databases and uploads folders kept by earlier restores (newest first)."""
-    import psycopg
 
     live = settings.env.db_name
-    with psycopg.connect(**runtime.conninfo("postgres")) as conn:
+    with _admin(runtime) as conn:
         rows = conn.execute(
             "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname LIKE %s ORDER BY 1 DESC",
             (f"{live[:40]}{PRE_RESTORE}%",),
