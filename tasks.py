@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, task
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT / "lib") not in sys.path:  # works before `pip install -e .` too
@@ -28,11 +28,12 @@ from stackops.cli import restore as restore_tasks  # noqa: E402
 @guarded
 def demo(c, env=None):
     """The main job, end to end: up, migrate, sample data, full backup, verify it, list backups."""
-    from stackops.backup import create_backup
+    from stackops.backup import create_backup  # capabilities load psycopg: see stackops.cli
     from stackops.cli.backup import print_list
+    from stackops.errors import VerifyFailed
     from stackops.migrate.engine import apply as apply_migrations
-    from stackops.restore import verify_backup
     from stackops.seed import seed_sample_data
+    from stackops.verify import verify_backup
 
     s = settings(c, env)
     report = reporter()
@@ -52,7 +53,7 @@ def demo(c, env=None):
     report.step("list backups")
     print_list(s)
     if not result.ok:
-        raise Exit(f"stackops: the demo's backup failed verification: {result.detail}", code=7)
+        raise VerifyFailed(f"the demo's backup failed verification: {result.detail}")
 
 
 ns = Collection()

@@ -1,34 +1,83 @@
-"""One root exception; every domain raises a subclass. tasks.py turns them into one line + exit code."""
+"""Every error stackops reports, and the one table of exit codes.
+
+One root, ``StackopsError``; a base per domain (usage, environment, backup, restore, migration,
+check); each class that has an exit code of its own binds it once, in its class line
+(``class BackupCorrupt(BackupError, code=7)``), the way psycopg's errors bind their SQLSTATE. A
+subclass without ``code=`` shares its parent's. Binding a code twice fails at import, so the table
+below (``exit_codes()``, also printed in the README) can never say two things for one number.
+
+The cli turns an error into one line on stderr (``stackops: <message>``) and its exit code.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT); not an exception class of ours
+
+_REGISTRY: dict[int, type[StackopsError]] = {}
+
 
 class StackopsError(Exception):
-    """Root of every error stackops reports to a user: the message is one line (what, why, what to do)."""
+    """Any other failure (its message says what, why and what to do)."""
 
-    exit_code = 1
+    exit_code: ClassVar[int] = 1
+
+    def __init_subclass__(cls, code: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is None:
+            return
+        if code in _REGISTRY or code in (0, 1, INTERRUPTED) or not 0 < code < 126:
+            owner = _REGISTRY.get(code, StackopsError).__name__
+            raise TypeError(f"exit code {code} of {cls.__name__} is already {owner}'s (or reserved)")
+        _REGISTRY[code] = cls
+        cls.exit_code = code
 
 
-class ConfigError(StackopsError):
+def exit_codes() -> list[tuple[int, str, str]]:
+    """(code, class name, meaning) for every bound exit code, 1 and 130 included, sorted by code."""
+    rows = [(1, StackopsError.__name__, _doc(StackopsError))]
+    rows += [(code, cls.__name__, _doc(cls)) for code, cls in _REGISTRY.items()]
+    rows.append((INTERRUPTED, "KeyboardInterrupt", "Interrupted (Ctrl-C); what was half-done was undone."))
+    return sorted(rows)
+
+
+def _doc(cls: type) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+
+# ----- usage -------------------------------------------------------------------------------------
+class UsageError(StackopsError, code=2):
+    """Bad input: a configuration value, a flag or a name (the message names it and what is accepted)."""
+
+
+class ConfigError(UsageError):
     """The configuration is invalid (names the key and the accepted values)."""
 
-    exit_code = 2
+
+# ----- the machine and the environment -----------------------------------------------------------
+class PrerequisiteError(StackopsError, code=3):
+    """A program or package is missing (the message names the command that installs it)."""
 
 
-class PrerequisiteError(StackopsError):
-    """A program or package the operation needs is missing (names the install command)."""
-
-    exit_code = 3
+class RuntimeRefused(StackopsError, code=4):
+    """The environment's runtime cannot do this (e.g. start or stop an external database)."""
 
 
-class RuntimeRefused(StackopsError):
-    """The runtime cannot do this operation (e.g. lifecycle on an external database)."""
-
-    exit_code = 4
+class LockBusy(StackopsError, code=5):
+    """Another stackops operation holds this environment's lock; nothing was started."""
 
 
-class ServiceError(StackopsError):
-    """A service failed to start, stop or answer."""
+class ProtectedEnvironment(StackopsError, code=6):
+    """Refused in a protected environment: not confirmed, or forbidden by the guide."""
+
+
+class ServiceError(StackopsError, code=13):
+    """A service did not start, stop or answer (the database server down, a container unhealthy)."""
+
+
+class DatabaseUnavailable(ServiceError):
+    """The database cannot be reached (the message says how to start it)."""
 
 
 class CommandFailed(StackopsError):
@@ -42,13 +91,67 @@ class CommandFailed(StackopsError):
         self.stderr = stderr
 
 
-class LockBusy(StackopsError):
-    """Another stackops operation holds the lock for this environment."""
-
-    exit_code = 5
+class StorageFull(StackopsError, code=19):
+    """A filesystem filled up; what was being written was removed, nothing else was touched."""
 
 
-class ProtectedEnvironment(StackopsError):
-    """A destructive operation on a protected environment was not confirmed."""
+# ----- backups -----------------------------------------------------------------------------------
+class BackupError(StackopsError, code=15):
+    """A backup could not be taken (nothing incomplete was kept)."""
 
-    exit_code = 6
+
+class BackupCorrupt(BackupError, code=7):
+    """A backup failed its checks (checksums, sizes, manifest, completeness); nothing was touched."""
+
+
+class BackupNotFound(BackupError, code=8):
+    """No backup by that name in this environment's backups folder."""
+
+
+class VersionMismatch(BackupError, code=14):
+    """PostgreSQL versions do not fit (client older than server, backup newer than server or code)."""
+
+
+class VerifyFailed(BackupError, code=12):
+    """A backup failed verification (restored into a scratch database and checked)."""
+
+
+# ----- restores ----------------------------------------------------------------------------------
+class RestoreError(StackopsError, code=16):
+    """A restore did not complete; the live data was left (or put back) as it was."""
+
+
+# ----- migrations --------------------------------------------------------------------------------
+class MigrationError(StackopsError, code=17):
+    """Migrations are not in a state to act on (the message says how to get there)."""
+
+
+class MigrationNameError(UsageError):
+    """A migration name outside [a-z0-9_]."""
+
+
+class MigrationFailed(MigrationError, code=9):
+    """A migration failed; the message names file, line and what the automatic rollback did."""
+
+    def __init__(self, message: str, *, filename: str, line: int | None, undo: str) -> None:
+        super().__init__(message)
+        self.filename = filename
+        self.line = line
+        self.undo = undo
+
+
+class DriftError(MigrationError, code=10):
+    """An applied migration file changed on disk after it was applied."""
+
+
+class LintRefused(MigrationError, code=11):
+    """squawk reported findings in pending migrations and --strict was given."""
+
+
+class SeedError(StackopsError):
+    """Sample data cannot be loaded (the message says what is missing)."""
+
+
+# ----- checks ------------------------------------------------------------------------------------
+class CheckFailed(StackopsError, code=18):
+    """One or more checks failed (integrity, deployment); the table above the line says which."""

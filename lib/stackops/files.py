@@ -1,10 +1,14 @@
-"""Durable files: write to a temporary name, fsync, rename, fsync the folder. Checksums."""
+"""Durable files: write to a temporary name, fsync, rename, fsync the folder. Checksums and sizes.
+
+The one atomic write and the one sha256 of stackops live here.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +29,22 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0600) so that a crash leaves the old or the new file, never half."""
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, owner: str | None = None) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half.
+
+    The temporary file is created with O_EXCL|O_NOFOLLOW (never through a planted link), fsynced,
+    given ``owner`` (a user name) when asked, renamed over ``path``, and the folder is fsynced."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if owner is not None:
+            pw = pwd.getpwnam(owner)
+            os.chown(tmp, pw.pw_uid, pw.pw_gid)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -50,3 +61,15 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of every file below ``path`` (links not followed; unreadable entries skipped)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total

@@ -8,26 +8,24 @@ without the schema is no crash: it reports its pending migrations.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stackops import pg
 from stackops.config import Settings
-from stackops.errors import StackopsError
+from stackops.errors import DatabaseUnavailable, StackopsError
+from stackops.files import sha256_file
+from stackops.migrate.files import discover
+from stackops.migrate.history import compute_status, history_exists, lock_holder, read_history
+from stackops.pg import listed as _listed
+from stackops.pg import sql
+from stackops.pg import user_objects as _user_objects
 from stackops.report import Check, Reporter
+from stackops.runtime.base import Runtime
 
-MAX_LISTED = 5
 UPLOADS_TABLE = "file_uploads"
-_USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'"
-
-
-def _user_objects(query: str) -> Any:
-    """``query`` with ``{user_schemas}`` replaced by the filter that keeps user schemas (alias ``n``)."""
-    from psycopg import sql
-
-    return sql.SQL(query).format(user_schemas=sql.SQL(_USER_SCHEMAS))
 
 
 @dataclass(frozen=True)
@@ -45,32 +43,24 @@ class IntegrityReport:
         return [c for c in self.checks if not c.ok]
 
 
-def _listed(items: list[str]) -> str:
-    more = len(items) - MAX_LISTED
-    return ", ".join(items[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
-
-
-def check_integrity(settings: Settings, runtime: Any, *, report: Reporter) -> IntegrityReport:
+def check_integrity(settings: Settings, runtime: Runtime, *, report: Reporter) -> IntegrityReport:
     """Run every check against the environment's database and uploads folder."""
-    import psycopg
-
     db = settings.env.db_name
     checks: list[Check] = []
     try:
-        conn = psycopg.connect(**runtime.conninfo(), autocommit=True)
-    except psycopg.OperationalError as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        conn = pg.connect(runtime, autocommit=True)
+    except DatabaseUnavailable as exc:
         return IntegrityReport(settings.env.name, db, [Check(
-            "database reachable", False, f"cannot connect to {db}: {why}",
-            "start the environment with `invoke env.up`")])
+            "database reachable", False, str(exc).split(": start the environment")[0],
+            f"start the environment with `invoke env.up --env {settings.env.name}`")])
     with conn:
         version = conn.info.server_version
         checks.append(Check("database reachable", True, f"{db} on PostgreSQL {version // 10000}.{version % 100}"))
         steps: list[tuple[str, Callable[[], list[Check]]]] = [
             ("migrations", lambda: _migration_checks(settings, conn)),
-            ("invalid indexes", lambda: [_invalid_indexes(conn)]),
+            ("invalid indexes", lambda: [pg.invalid_indexes(conn)]),
             ("NOT VALID constraints", lambda: [_not_valid_constraints(conn)]),
-            ("amcheck", lambda: [_amcheck(conn)]),
+            ("amcheck", lambda: [pg.amcheck(conn)]),
             ("sequences", lambda: [_sequences(conn)]),
             ("foreign-key orphans", lambda: [_fk_orphans(conn)]),
             ("upload files", lambda: [_uploads(settings, conn)]),
@@ -79,8 +69,8 @@ def check_integrity(settings: Settings, runtime: Any, *, report: Reporter) -> In
             report.info(f"checking {name}")
             try:
                 checks.extend(step())
-            except (psycopg.Error, StackopsError, OSError) as exc:
-                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            except (pg.Error, StackopsError, OSError) as exc:
+                why = pg.first_line(exc)
                 checks.append(Check(name, False, f"the check itself failed: {why}",
                                     "fix the cause above and run the check again"))
     return IntegrityReport(settings.env.name, db, checks)
@@ -89,9 +79,6 @@ def check_integrity(settings: Settings, runtime: Any, *, report: Reporter) -> In
 # ----- migrations ------------------------------------------------------------------------------
 
 def _migration_checks(settings: Settings, conn: Any) -> list[Check]:
-    from stackops.migrate.files import discover
-    from stackops.migrate.history import compute_status, history_exists, lock_holder, read_history
-
     files = discover(settings.migrations.directory)
     st = compute_status(files, read_history(conn), lock_holder(conn), history_exists(conn))
 
@@ -121,17 +108,6 @@ def _migration_checks(settings: Settings, conn: Any) -> list[Check]:
 
 # ----- catalog checks --------------------------------------------------------------------------
 
-def _invalid_indexes(conn: Any) -> Check:
-    rows = conn.execute(_user_objects(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid AND {user_schemas} ORDER BY 1"
-    )).fetchall()
-    bad = [r[0] for r in rows]
-    return Check("invalid indexes", not bad, f"invalid: {_listed(bad)}" if bad else "every index is valid",
-                 "rebuild with REINDEX INDEX CONCURRENTLY <name> (or drop it and create it again); "
-                 "an interrupted CREATE INDEX CONCURRENTLY leaves these")
-
-
 def _not_valid_constraints(conn: Any) -> Check:
     rows = conn.execute(_user_objects(
         "SELECT format('%s on %I.%I', c.conname, n.nspname, t.relname) FROM pg_constraint c "
@@ -144,45 +120,7 @@ def _not_valid_constraints(conn: Any) -> Check:
                  "fix the rows that violate it, then ALTER TABLE <table> VALIDATE CONSTRAINT <name>")
 
 
-def _amcheck(conn: Any) -> Check:
-    """bt_index_check (with heapallindexed) on every valid btree index; the extension is created in
-    a transaction that is rolled back when it was not there, so the check changes nothing."""
-    import psycopg
-    from psycopg import sql
-
-    with conn.transaction(force_rollback=True):
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-        except psycopg.Error as exc:
-            return Check("amcheck (btree indexes)", False,
-                         f"amcheck unavailable: {exc.diag.message_primary or exc}",
-                         "ask a superuser to run CREATE EXTENSION amcheck in this database")
-        schema_row = conn.execute(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-            "WHERE e.extname = 'amcheck'").fetchone()
-        func = sql.Identifier(schema_row[0] if schema_row else "public", "bt_index_check")
-        rows = conn.execute(
-            "SELECT c.oid, format('%I.%I', n.nspname, c.relname) FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND i.indisvalid AND i.indisready "
-            "AND c.relpersistence <> 't' ORDER BY 2"
-        ).fetchall()
-        bad: list[str] = []
-        for oid, name in rows:
-            try:
-                with conn.transaction():
-                    conn.execute(sql.SQL("SELECT {}(%s::regclass, true)").format(func), (oid,))
-            except psycopg.Error as exc:
-                bad.append(f"{name} ({exc.diag.message_primary or exc})")
-    return Check("amcheck (btree indexes)", not bad,
-                 f"corrupt: {_listed(bad)}" if bad else f"{len(rows)} btree index(es) verified with bt_index_check",
-                 "REINDEX the index; if it fails again, restore from a backup and check the disk")
-
-
 def _sequences(conn: Any) -> Check:
-    from psycopg import sql
-
     rows = conn.execute(_user_objects(
         "SELECT sn.nspname, s.relname, n.nspname, t.relname, a.attname, q.seqincrement "
         "FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
@@ -211,13 +149,11 @@ def _sequences(conn: Any) -> Check:
     return Check("sequences", not behind,
                  f"behind their column: {_listed(behind)}" if behind else
                  f"{len(rows)} sequence(s) ahead of their column's values",
-                 ("run " + "; ".join(fixes[:MAX_LISTED])) if fixes else
+                 ("run " + "; ".join(fixes[:pg.MAX_LISTED])) if fixes else
                  "SELECT setval('<sequence>', (SELECT max(<column>) FROM <table>))")
 
 
 def _fk_orphans(conn: Any) -> Check:
-    from psycopg import sql
-
     rows = conn.execute(_user_objects(
         "SELECT c.conname, n.nspname, t.relname, pn.nspname, p.relname, "
         "ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord) "
@@ -245,14 +181,6 @@ def _fk_orphans(conn: Any) -> Check:
 
 
 # ----- uploads ---------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _upload_rows(conn: Any) -> Iterator[tuple[int, str, int, str]]:
     last = 0

@@ -10,6 +10,7 @@ import sys
 from stackops.errors import PrerequisiteError
 from stackops.proc import Cmd, run
 from stackops.report import Check, Reporter
+from stackops.runtime.docker import engine_answers
 
 # program -> Debian package providing it
 SYSTEM_PACKAGES = {
@@ -60,8 +61,6 @@ def _module(name: str, dist: str) -> Check:
 
 def doctor_checks() -> list[Check]:
     """Every prerequisite, found or missing, each with the exact command that installs it."""
-    from stackops.runtime import docker_engine_answers
-
     checks = [Check("python >= 3.11", sys.version_info >= (3, 11), sys.version.split()[0],
                     "apt-get install -y python3")]
     checks += [_module(m, d) for m, d in (("invoke", "invoke"), ("nox", "nox"), ("psycopg", "psycopg"),
@@ -82,7 +81,7 @@ def doctor_checks() -> list[Check]:
     docker = shutil.which("docker")
     checks.append(Check("docker (compose runtime only)", docker is not None, docker or "not found",
                         _apt_install_cmd(["docker.io"]), required=False))
-    ok, why = docker_engine_answers()
+    ok, why = engine_answers()
     checks.append(Check("docker engine (compose runtime only)", ok, why,
                         "apt-get install -y docker.io && dockerd &", required=False))
     return checks

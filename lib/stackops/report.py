@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 
@@ -17,6 +17,20 @@ class Check:
     detail: str
     hint: str = ""  # what to do when it fails: the exact command where there is one
     required: bool = True  # False: its failure is reported but does not fail the whole run
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a destructive operation is about to do, computed after every check that can run before it
+    (nothing has been touched yet). The cli shows it, confirms it on a protected environment, then acts."""
+
+    action: str                        # one line: "restore full_2026... over impactbot_v2 of prod"
+    env: str
+    protected: bool
+    steps: list[str] = field(default_factory=list)
+    destroys: list[str] = field(default_factory=list)  # what is deleted or replaced (kept copies say so)
+    warnings: list[str] = field(default_factory=list)
+    nothing_to_do: str = ""            # non-empty: there is nothing to act on, and this says why
 
 
 def human_bytes(n: float) -> str:

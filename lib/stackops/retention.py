@@ -25,7 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from stackops.config import Retention
+from stackops import backupset
+from stackops.config import Retention, Settings
+from stackops.errors import BackupError
+from stackops.files import fsync_dir
+from stackops.lock import env_lock
+from stackops.report import Plan, Reporter
 
 KINDS = ("full", "db", "pre_migration")
 
@@ -146,3 +151,58 @@ def plan(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> l
             )
         decisions.append(Decision(b, False, tuple(drop)))
     return decisions
+
+
+# ----- acting on the plan (the separate, confirmed step) ----------------------------------------
+def _records(sets: Sequence[backupset.BackupSet]) -> list[BackupRecord]:
+    return [
+        BackupRecord(
+            id=b.id, started_at=b.started_at, kind=b.kind, complete=True,
+            verified_ok=(b.verification or {}).get("ok"),
+            verified_at=datetime.fromisoformat(b.verification["verified_at"]) if b.verification else None,
+        )
+        for b in sets
+    ]
+
+
+def decide(settings: Settings, now: datetime | None = None) -> list[Decision]:
+    """The retention decision for every complete backup of the environment (nothing is deleted)."""
+    try:
+        return plan(_records(backupset.list_backups(settings)), now or datetime.now(UTC), settings.retention)
+    except ValueError as exc:
+        raise BackupError(f"cannot apply retention in {settings.env.backups_dir}: {exc}") from exc
+
+
+def prune_plan(settings: Settings, now: datetime | None = None) -> tuple[Plan, list[Decision]]:
+    """The plan the cli confirms: which backups would be deleted, and why."""
+    decisions = decide(settings, now)
+    doomed = [d for d in decisions if not d.keep]
+    env = settings.env
+    p = Plan(f"deleting {_plural(len(doomed), 'backup')} of {env.name} by retention", env.name, env.protected,
+             [f"delete {d.backup.id} ({d.backup.kind}): {'; '.join(d.reasons)}" for d in doomed],
+             [f"backup {d.backup.id}" for d in doomed],
+             nothing_to_do="" if doomed else "nothing to delete: every backup keeps a retention slot")
+    return p, decisions
+
+
+def prune(settings: Settings, *, report: Reporter, dry_run: bool = False, now: datetime | None = None,
+          confirmed: set[str] | None = None) -> list[Decision]:
+    """Decide for every complete backup, then (unless ``dry_run``) delete the obsolete ones. The
+    decision is taken again under the lock; with ``confirmed`` (the ids of a confirmed plan) only
+    those that are still obsolete are deleted, never one the plan did not show."""
+    folder = settings.env.backups_dir
+    if not folder.is_dir():
+        return []
+    with env_lock(folder, "prune"):
+        decisions = decide(settings, now)
+        sets = {b.id: b for b in backupset.list_backups(settings)}
+        for d in decisions:
+            if d.keep or (confirmed is not None and d.backup.id not in confirmed):
+                continue
+            if dry_run:
+                report.info(f"would delete {d.backup.id}: {'; '.join(d.reasons)}")
+                continue
+            backupset.delete_set(sets[d.backup.id])
+            report.info(f"deleted {d.backup.id}: {'; '.join(d.reasons)}")
+        fsync_dir(folder)
+        return decisions

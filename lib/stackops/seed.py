@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -21,9 +20,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from stackops import pg
 from stackops.config import Settings
-from stackops.errors import ProtectedEnvironment, StackopsError
+from stackops.errors import ProtectedEnvironment, SeedError
+from stackops.files import atomic_write
 from stackops.report import Reporter
+from stackops.runtime.base import Runtime
 
 SAMPLE_DOMAIN = "sample.impactbot.test"
 SAMPLE_ORG_PREFIX = "sample-"
@@ -57,10 +59,6 @@ _QUESTIONS = ("How did {t} change last quarter?", "Summarise our {t} for the boa
 _ANSWERS = ("Based on the uploaded figures, {t} moved by {n}% compared with the previous period.",
             "Here is a short summary of {t}: {n} measurements were reported, most of them on time.",
             "The largest contribution to {t} comes from {n} sites; the rest are below average.")
-
-
-class SeedError(StackopsError):
-    """Sample data cannot be loaded (schema missing, folder not writable)."""
 
 
 @dataclass(frozen=True)
@@ -169,19 +167,12 @@ def _add_months(d: date, months: int) -> date:
 
 def _write_atomic(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, payload, mode=0o644)
 
 
-def seed_sample_data(settings: Settings, runtime: Any, *, scale: int = 1, seed: int = 0,
+def seed_sample_data(settings: Settings, runtime: Runtime, *, scale: int = 1, seed: int = 0,
                      anchor: datetime | None = None, report: Reporter) -> SeedResult:
     """Replace the environment's sample data with the data of ``seed`` at ``scale``."""
-    import psycopg
-
     if settings.env.protected:
         raise ProtectedEnvironment(
             f"refusing to load sample data into protected environment {settings.env.name!r}: "
@@ -193,12 +184,7 @@ def seed_sample_data(settings: Settings, runtime: Any, *, scale: int = 1, seed: 
     anchor = datetime(day.year, day.month, day.day, tzinfo=UTC)
     folder = f"{SAMPLE_UPLOADS}/seed-{seed}-scale-{scale}"
     data = generate(scale, seed, anchor, folder)
-    try:
-        conn = psycopg.connect(**runtime.conninfo())
-    except psycopg.OperationalError as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise SeedError(f"cannot connect to database {settings.env.db_name} ({why}): start it with "
-                        "`invoke env.up`") from None
+    conn = pg.connect(runtime)
     uploads_root = settings.env.uploads_dir
     with conn:
         missing = [r[0] for r in conn.execute("SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NULL",

@@ -19,19 +19,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from stackops.backup import (
-    BackupCorrupt,
-    VersionMismatch,
-    create_backup,
-    list_backups,
-    prune,
-    read_manifest,
-    seal,
-)
-from stackops.errors import LockBusy
+from stackops.backup import create_backup
+from stackops.backupset import list_backups, read_manifest, seal
+from stackops.errors import BackupCorrupt, LockBusy, RestoreError, VersionMismatch
 from stackops.lock import env_lock
+from stackops.migrate.files import newest_version
 from stackops.report import NullReporter, Reporter
-from stackops.restore import RestoreError, previous_copies, restore_database, verify_backup
+from stackops.restore import previous_copies, restore_database
+from stackops.retention import prune
+from stackops.verify import verify_backup
 from tests.conftest import ROOT, Fresh, cli_env, invoke_cli, table_hashes
 
 pytestmark = pytest.mark.integration
@@ -193,7 +189,8 @@ def test_backup_newer_than_this_checkout_or_server_is_refused(fresh: Fresh, tmp_
     (tmp_path / "20240101000000_init.sql").write_text("-- migrate:up\n-- migrate:down\n")
     settings = replace(fresh.settings, migrations=replace(fresh.settings.migrations, directory=tmp_path))
     with pytest.raises(VersionMismatch, match="newest migration on disk is 20240101000000"):
-        restore_database(settings, fresh.runtime, backup.id, report=NullReporter())
+        restore_database(settings, fresh.runtime, backup.id, report=NullReporter(),
+                         newest_migration=newest_version(tmp_path))
     manifest = read_manifest(backup.path)
     manifest["server_major"] = 99
     (backup.path / "manifest.json").write_text(json.dumps(seal(manifest)))

@@ -192,7 +192,7 @@ def test_env_tasks_through_the_cli(tmp_path: Path) -> None:
 
 def test_auto_stays_local_once_the_data_lives_there(tmp_path: Path, stopper: list[LocalRuntime]) -> None:
     """Starting a Docker engine later must not send `auto` to an empty compose stack."""
-    from stackops.runtime import resolve_kind
+    from stackops.runtime.select import resolve_kind
 
     settings = own_env(tmp_path, runtime="auto")
     rt = LocalRuntime(settings)

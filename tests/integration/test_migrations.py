@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from stackops.backup import list_backups
-from stackops.errors import ProtectedEnvironment
+from stackops.backupset import list_backups
 from stackops.integrity import check_integrity
 from stackops.migrate import DriftError, LintRefused, MigrationError, MigrationFailed
 from stackops.migrate.engine import apply, rollback, status
@@ -334,15 +332,3 @@ def test_rollback_needs_down_sections_or_restore(fresh: Fresh, migrations_dir: P
         rollback(settings, fresh.runtime, report=NullReporter())
     assert len(history(fresh)) == 2
 
-
-def test_rollback_in_a_protected_environment_needs_yes(fresh: Fresh, migrations_dir: Path) -> None:
-    base(fresh, migrations_dir)
-    settings = with_migrations(fresh.settings, migrations_dir)
-    protected = replace(settings, env=replace(settings.env, protected=True))
-    with pytest.raises(ProtectedEnvironment, match="--yes"):
-        rollback(protected, fresh.runtime, report=NullReporter())
-    with pytest.raises(ProtectedEnvironment):
-        rollback(protected, fresh.runtime, restore=True, report=NullReporter())
-    assert len(history(fresh)) == 1
-    assert rollback(protected, fresh.runtime, yes=True, report=NullReporter()).method == "down"
-    assert "items" not in tables(fresh)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from stackops.errors import CheckFailed
 from tests.conftest import Fresh
 from tests.integration.conftest import INVOKE, cli_env, snapshot, write_migration
 
@@ -61,7 +62,7 @@ def test_failing_apply_exits_non_zero_naming_file_and_line(fresh: Fresh, migrati
     assert last.startswith("stackops: migration 20240102000000_bad.sql failed at line 4 (up section, statement 3 of 3)")
     assert snapshot(fresh) == before
     check = invoke("migrate.check", "--env", "test", "--json", env=env)
-    assert check.returncode == 1
+    assert check.returncode == CheckFailed.exit_code
     failed = [c["name"] for c in json.loads(check.stdout)["checks"] if not c["ok"]]
     assert failed == ["pending migrations"]
 

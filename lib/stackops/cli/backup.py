@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from invoke import Collection, Exit, task
+from invoke import Collection, task
 
-from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
+from stackops.cli import (
+    DRY_RUN_HELP,
+    ENV_HELP,
+    JSON_HELP,
+    YES_HELP,
+    confirm,
+    guarded,
+    print_json,
+    reporter,
+    runtime,
+    settings,
+    table,
+)
+from stackops.errors import VerifyFailed
 
 
 def _take(c: Any, env: str | None, kind: str, as_json: bool) -> None:
-    from stackops.backup import create_backup
+    from stackops.backup import create_backup  # capabilities load psycopg: see stackops.cli
 
     s = settings(c, env)
     report = reporter()
@@ -39,7 +52,7 @@ def db(c, env=None, json=False):
 @guarded
 def list_(c, env=None, json=False):
     """List complete backups, newest first, with their last verification."""
-    from stackops.backup import list_backups
+    from stackops.backupset import list_backups
 
     s = settings(c, env)
     if json:
@@ -52,7 +65,7 @@ def list_(c, env=None, json=False):
 
 
 def print_list(s: Any) -> None:
-    from stackops.backup import list_backups
+    from stackops.backupset import list_backups
     from stackops.report import human_bytes
 
     sets = list_backups(s)
@@ -74,8 +87,8 @@ def print_list(s: Any) -> None:
 @guarded
 def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     """Restore into a scratch database, compare with the manifest, record the result."""
-    from stackops.backup import list_backups
-    from stackops.restore import verify_backup
+    from stackops.backupset import list_backups
+    from stackops.verify import verify_backup
 
     s = settings(c, env)
     report = reporter()
@@ -91,17 +104,21 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
                     [[r.backup_id, "ok" if r.ok else "FAILED", r.restore_seconds, r.detail] for r in results]))
     failed = [r.backup_id for r in results if not r.ok]
     if failed:
-        raise Exit(f"stackops: verification failed for {', '.join(failed)}", code=7)
+        raise VerifyFailed(f"verification failed for {', '.join(failed)}")
 
 
-@task(help={"env": ENV_HELP, "dry_run": "print the plan, delete nothing", "json": JSON_HELP})
+@task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP, "yes": YES_HELP, "json": JSON_HELP})
 @guarded
-def prune(c, env=None, dry_run=False, json=False):
+def prune(c, env=None, dry_run=False, yes=False, json=False):
     """Apply retention (30 daily, 52 weekly from invoke.yaml): keep or delete each backup, with reasons."""
-    from stackops.backup import prune as do_prune
+    from stackops.retention import prune as do_prune
+    from stackops.retention import prune_plan
 
     s = settings(c, env)
-    decisions = do_prune(s, report=reporter(), dry_run=dry_run)
+    plan, decisions = prune_plan(s)
+    if not dry_run and not plan.nothing_to_do:
+        confirm(plan, yes)
+        decisions = do_prune(s, report=reporter(), confirmed={d.backup.id for d in decisions if not d.keep})
     if json:
         print_json([{"id": d.backup.id, "keep": d.keep, "reasons": list(d.reasons), "dry_run": dry_run}
                     for d in decisions])

@@ -5,6 +5,14 @@ from __future__ import annotations
 from invoke import Collection, task
 
 from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
+from stackops.errors import UsageError
+
+
+def _whole(flag: str, value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise UsageError(f"--{flag} {value!r} is not a whole number: pass e.g. --{flag} 1") from None
 
 
 @task(help={"scale": "size multiplier: 2 organisations and 8 users per unit (default 1)",
@@ -17,7 +25,8 @@ def seed(c, scale=1, seed=0, env=None, json=False):
 
     s = settings(c, env)
     report = reporter(json)
-    result = seed_sample_data(s, runtime(s, report), scale=int(scale), seed=int(seed), report=report)
+    result = seed_sample_data(s, runtime(s, report), scale=_whole("scale", scale), seed=_whole("seed", seed),
+                              report=report)
     if json:
         print_json(result)
         return

@@ -6,7 +6,21 @@ from typing import Any
 
 from invoke import Collection, Exit, task
 
-from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
+from stackops.cli import (
+    DRY_RUN_HELP,
+    ENV_HELP,
+    JSON_HELP,
+    YES_HELP,
+    guarded,
+    print_json,
+    proceed,
+    reporter,
+    runtime,
+    settings,
+    table,
+)
+from stackops.errors import ProtectedEnvironment
+from stackops.report import Plan
 
 
 def show_status(rt: Any, s: Any, as_json: bool) -> bool:
@@ -41,13 +55,30 @@ def up(c, env=None):
         raise Exit(f"stackops: environment {s.env.name} started but is not healthy (see the table above)", code=1)
 
 
-@task(help={"env": ENV_HELP, "remove_data": "also delete the databases and Redis data (refused when protected)"})
+@task(help={"env": ENV_HELP, "remove_data": "also delete the databases and Redis data (refused when protected)",
+            "yes": YES_HELP, "dry_run": DRY_RUN_HELP})
 @guarded
-def down(c, env=None, remove_data=False):
+def down(c, env=None, remove_data=False, yes=False, dry_run=False):
     """Stop the environment's services, keeping their data (idempotent)."""
     s = settings(c, env)
     report = reporter()
-    runtime(s, report).down(report, remove_data=remove_data)
+    rt = runtime(s, report)
+    if remove_data:
+        if s.env.protected:  # checked before anything is shown or asked: no confirmation makes it allowed
+            raise ProtectedEnvironment(
+                f"refusing to remove the data of protected environment {s.env.name!r}: the guide forbids "
+                "`docker-compose down -v` in production (it removes volumes and all data); stop it without "
+                "--remove-data (data is kept)"
+            )
+        data = [f"{x.name}: {x.data_dir}" for x in rt.status() if x.name != "uploads" and x.data_dir != "-"]
+        plan = Plan(f"stopping {s.env.name} and removing its data", s.env.name, s.env.protected,
+                    ["stop every service", "delete the PostgreSQL and Redis data"], data or ["no data found"])
+        if not proceed(plan, yes=yes, dry_run=dry_run):
+            return
+    elif dry_run:
+        print(f"dry run: would stop {s.env.name}; data is kept")
+        return
+    rt.down(report, remove_data=remove_data)
 
 
 @task(help={"env": ENV_HELP, "json": JSON_HELP})

@@ -5,9 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Exit, task
+from invoke import Collection, task
 
-from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
+from stackops.cli import (
+    ENV_HELP,
+    JSON_HELP,
+    YES_HELP,
+    confirm,
+    guarded,
+    print_json,
+    proceed,
+    reporter,
+    runtime,
+    settings,
+    table,
+)
+from stackops.errors import CheckFailed
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -61,15 +74,21 @@ def status(c, env=None, json=False):
                     "(default: every pending one)",
             "strict": "refuse when squawk reports any finding",
             "dry_run": "lint and show what would run; change nothing",
-            "env": ENV_HELP, "json": JSON_HELP})
+            "yes": YES_HELP, "env": ENV_HELP, "json": JSON_HELP})
 @guarded
-def apply(c, path=None, env=None, strict=False, dry_run=False, json=False):
+def apply(c, path=None, env=None, strict=False, dry_run=False, yes=False, json=False):
     """Apply pending migrations safely: squawk lint, pre-migration backup, lock, automatic rollback on failure."""
     from stackops.migrate.engine import apply as apply_migrations
+    from stackops.migrate.engine import apply_plan
 
     s = settings(c, env)
     report = reporter(json)
-    result = apply_migrations(s, runtime(s, report), path=path, strict=strict, dry_run=dry_run, report=report)
+    rt = runtime(s, report)
+    if s.env.protected and not dry_run:
+        plan, _ = apply_plan(s, rt, path=path, strict=strict, report=report)
+        if not proceed(plan, yes=yes, dry_run=False):
+            return
+    result = apply_migrations(s, rt, path=path, strict=strict, dry_run=dry_run, report=report)
     if json:
         print_json(result)
         return
@@ -92,10 +111,15 @@ def apply(c, path=None, env=None, strict=False, dry_run=False, json=False):
 def rollback(c, env=None, restore=False, yes=False, dry_run=False, json=False):
     """Revert the last applied batch of migrations (down sections in reverse order, or --restore)."""
     from stackops.migrate.engine import rollback as rollback_batch
+    from stackops.migrate.engine import rollback_plan
 
     s = settings(c, env)
     report = reporter(json)
-    result = rollback_batch(s, runtime(s, report), restore=restore, yes=yes, dry_run=dry_run, report=report)
+    rt = runtime(s, report)
+    plan, result = rollback_plan(s, rt, restore=restore, report=report)
+    if not dry_run and not plan.nothing_to_do:
+        confirm(plan, yes)
+        result = rollback_batch(s, rt, restore=restore, report=report)
     if json:
         print_json(result)
         return
@@ -122,8 +146,8 @@ def check(c, env=None, json=False):
         print(f"integrity of {s.env.name} ({s.env.db_name})")
         print(render_checks(result.checks))
     if not result.ok:
-        raise Exit(f"stackops: {len(result.failed)} integrity check(s) failed: "
-                   f"{', '.join(x.name for x in result.failed)}", code=1)
+        raise CheckFailed(f"{len(result.failed)} integrity check(s) failed: "
+                          f"{', '.join(x.name for x in result.failed)}")
 
 
 ns = Collection("migrate")

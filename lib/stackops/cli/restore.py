@@ -2,45 +2,37 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from invoke import Collection, task
 
-from stackops.cli import ENV_HELP, JSON_HELP, guarded, print_json, reporter, runtime, settings, table
-from stackops.errors import ProtectedEnvironment
-
-YES_HELP = "confirm a destructive step in a protected environment without a prompt"
-
-
-def confirm(s: Any, what: str, yes: bool) -> None:
-    """Protected environments need --yes or the environment's name typed at a terminal."""
-    if not s.env.protected or yes:
-        return
-    if not sys.stdin.isatty():
-        raise ProtectedEnvironment(
-            f"{what} in protected environment {s.env.name!r} needs confirmation: pass --yes"
-        )
-    answer = input(f"{what} in protected environment {s.env.name!r}. Type the environment's name to go on: ")
-    if answer.strip() != s.env.name:
-        raise ProtectedEnvironment(f"{what} cancelled: the name typed was not {s.env.name!r}; nothing was touched")
+from stackops.cli import (
+    DRY_RUN_HELP,
+    ENV_HELP,
+    JSON_HELP,
+    YES_HELP,
+    guarded,
+    print_json,
+    proceed,
+    reporter,
+    runtime,
+    settings,
+    table,
+)
 
 
 def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_json: bool, uploads: bool) -> None:
+    from stackops.migrate.files import newest_version
     from stackops.restore import restore_database, restore_plan
 
     s = settings(c, env)
     report = reporter()
     rt = runtime(s, report)
-    if dry_run:
-        steps = restore_plan(s, rt, backup, report=report, uploads=uploads)
-        if as_json:
-            print_json({"dry_run": True, "steps": steps})
-        else:
-            print("\n".join(f"would {step}" for step in steps))
+    newest = newest_version(s.migrations.directory)
+    plan = restore_plan(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)
+    if not proceed(plan, yes=yes, dry_run=dry_run, as_json=as_json):
         return
-    confirm(s, f"restoring {backup} over {s.env.db_name}{' and its uploads' if uploads else ''}", yes)
-    result = restore_database(s, rt, backup, report=report, uploads=uploads)
+    result = restore_database(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)
     if as_json:
         print_json(result)
     else:
@@ -53,7 +45,7 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
 
 
 HELP = {"backup": "backup id, folder, `latest`, or a guide-format database_backup_*.sql.gz (restore.db)",
-        "env": ENV_HELP, "yes": YES_HELP, "dry_run": "check the backup and print the plan; touch nothing",
+        "env": ENV_HELP, "yes": YES_HELP, "dry_run": DRY_RUN_HELP,
         "json": JSON_HELP}
 
 
@@ -88,21 +80,17 @@ def previous(c, env=None, json=False):
 
 
 @task(name="drop-previous", help={"name": "a name listed by restore.previous", "env": ENV_HELP, "yes": YES_HELP,
-                                  "dry_run": "say what would be removed"})
+                                  "dry_run": DRY_RUN_HELP})
 @guarded
 def drop_previous(c, name, env=None, yes=False, dry_run=False):
     """Remove one database or uploads folder kept by an earlier restore."""
     from stackops.restore import drop_previous as drop
-    from stackops.restore import previous_copies
+    from stackops.restore import drop_previous_plan
 
     s = settings(c, env)
     rt = runtime(s, None)
-    if dry_run:
-        known = [x["name"] for x in previous_copies(s, rt)]
-        print(f"would remove {name}" if name in known else f"{name} is not a kept copy; nothing to do")
-        return
-    confirm(s, f"removing {name}", yes)
-    drop(s, rt, name, reporter())
+    if proceed(drop_previous_plan(s, rt, name), yes=yes, dry_run=dry_run):
+        drop(s, rt, name, reporter())
 
 
 ns = Collection("restore")

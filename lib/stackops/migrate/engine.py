@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stackops import pg
+from stackops.backup import create_backup
 from stackops.config import Settings
-from stackops.errors import LockBusy, ProtectedEnvironment, StackopsError
+from stackops.errors import LockBusy, StackopsError
 from stackops.lock import env_lock
 from stackops.migrate import DriftError, LintRefused, MigrationError, MigrationFailed
 from stackops.migrate.files import MigrationFile, Statement, discover
@@ -41,7 +43,9 @@ from stackops.migrate.history import (
     read_history,
 )
 from stackops.migrate.lint import Finding, lint
-from stackops.report import Reporter
+from stackops.report import Plan, Reporter
+from stackops.restore import restore_database
+from stackops.runtime.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -76,26 +80,15 @@ class RollbackResult:
 
 # ----- connections, lock, backup ---------------------------------------------------------------
 
-def connect(runtime: Any, *, autocommit: bool = True) -> Any:
-    """A psycopg connection to the environment's database, or one clear MigrationError."""
-    import psycopg
-
-    info = runtime.conninfo()
-    try:
-        return psycopg.connect(**info, autocommit=autocommit)
-    except psycopg.OperationalError as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise MigrationError(
-            f"cannot connect to database {info.get('dbname')} ({why}): start the environment with `invoke env.up`"
-        ) from None
+def connect(runtime: Runtime, *, autocommit: bool = True) -> pg.Connection[Any]:
+    """A connection to the environment's database (autocommit: every migration opens its own transaction)."""
+    return pg.connect(runtime, autocommit=autocommit)
 
 
 @contextmanager
-def migration_lock(runtime: Any, wait_seconds: int, report: Reporter) -> Iterator[None]:
+def migration_lock(runtime: Runtime, wait_seconds: int, report: Reporter) -> Iterator[None]:
     """Hold the session-level migration advisory lock on a connection of its own, which stays idle
     (no open transaction), so CREATE INDEX CONCURRENTLY never waits for it."""
-    import psycopg
-
     conn = connect(runtime)
     try:
         deadline = time.monotonic() + wait_seconds
@@ -116,27 +109,24 @@ def migration_lock(runtime: Any, wait_seconds: int, report: Reporter) -> Iterato
                 told = True
             time.sleep(0.1)
         yield
-        with suppress(psycopg.Error):  # a restore may have ended this session (and the lock with it)
+        with suppress(pg.Error):  # a restore may have ended this session (and the lock with it)
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     finally:
         conn.close()  # ending the session releases the lock in every case
 
 
-def take_pre_migration_backup(settings: Settings, runtime: Any, report: Reporter) -> str:
+def take_pre_migration_backup(settings: Settings, runtime: Runtime, report: Reporter) -> str:
     """The database-only backup of kind ``pre_migration`` taken before any DDL; returns its id."""
-    from stackops.backup import create_backup
-
     report.step("taking the pre-migration backup")
     result = create_backup(settings, runtime, kind="pre_migration", report=report)
     report.info(f"pre-migration backup {result.id} at {result.path}")
     return str(result.id)
 
 
-def restore_pre_migration_backup(settings: Settings, runtime: Any, backup_id: str, report: Reporter) -> str | None:
+def restore_pre_migration_backup(settings: Settings, runtime: Runtime, backup_id: str,
+                                 report: Reporter) -> str | None:
     """Swap the database back to the backup's content; returns the name the replaced database is kept
     under (None when there was no live database)."""
-    from stackops.restore import restore_database
-
     report.step(f"restoring the pre-migration backup {backup_id}")
     return restore_database(settings, runtime, backup_id, report=report).previous_database
 
@@ -175,36 +165,30 @@ class _StepFailed(Exception):
 
 
 def _run(conn: Any, mf: MigrationFile, section: str, statements: Sequence[Statement]) -> None:
-    import psycopg
-
     for st in statements:
         try:
             conn.execute(st.text.encode())
-        except psycopg.Error as exc:
+        except pg.Error as exc:
             raise _StepFailed(mf, section, st, len(statements), exc) from exc
 
 
 @contextmanager
 def _transaction(conn: Any, mf: MigrationFile, section: str, transactional: bool = True) -> Iterator[None]:
     """One transaction (or none); a failing COMMIT (deferred constraints) is a failed step too."""
-    import psycopg
-
     if not transactional:
         yield
         return
     try:
         with conn.transaction():
             yield
-    except psycopg.Error as exc:
+    except pg.Error as exc:
         raise _StepFailed(mf, section, None, 0, exc, step=f"committing the {section} section") from exc
 
 
 def _history_write(conn: Any, mf: MigrationFile, query: str, params: Sequence[Any]) -> None:
-    import psycopg
-
     try:
         conn.execute(q(query), params)
-    except psycopg.Error as exc:
+    except pg.Error as exc:
         raise _StepFailed(mf, "up", None, len(mf.up), exc) from exc
 
 
@@ -245,13 +229,11 @@ def _delete_history(conn: Any, mf: MigrationFile) -> None:
 def _drop_history_if_empty(conn: Any, mf: MigrationFile) -> None:
     """No history rows left: drop the table too, so rolling back the first batch returns the
     database to exactly its state before (apply creates the table again)."""
-    import psycopg
-
     try:
         row = conn.execute(q("SELECT NOT EXISTS (SELECT 1 FROM {history})")).fetchone()
         if row and row[0]:
             conn.execute(q("DROP TABLE {history}"))
-    except psycopg.Error as exc:
+    except pg.Error as exc:
         raise _StepFailed(mf, "down", None, 0, exc, step="dropping the empty history table") from exc
 
 
@@ -278,7 +260,7 @@ def _names(files: Sequence[MigrationFile]) -> str:
 
 # ----- status ----------------------------------------------------------------------------------
 
-def status(settings: Settings, runtime: Any) -> MigrationStatus:
+def status(settings: Settings, runtime: Runtime) -> MigrationStatus:
     """Every migration file and history row: applied, pending, drifted, missing, failed, running."""
     files = discover(settings.migrations.directory)
     with connect(runtime) as conn:
@@ -338,7 +320,19 @@ def _refuse_empty(targets: Sequence[MigrationFile]) -> None:
 
 # ----- apply -----------------------------------------------------------------------------------
 
-def apply(settings: Settings, runtime: Any, *, path: str | None = None, strict: bool = False,
+def apply_plan(settings: Settings, runtime: Runtime, *, path: str | None = None, strict: bool = False,
+               report: Reporter) -> tuple[Plan, ApplyResult]:
+    """What ``apply`` would do (lint and every refusal have run), as a plan to confirm."""
+    dry = apply(settings, runtime, path=path, strict=strict, dry_run=True, report=report)
+    env = settings.env
+    steps = ["take a pre-migration backup", *(f"apply {name}" for name in dry.planned)]
+    warnings = [f"squawk: {f.filename}:{f.line}: {f.rule}: {f.message}" for f in dry.findings]
+    return Plan(f"applying {len(dry.planned)} migration(s) to {env.db_name}", env.name, env.protected, steps,
+                [f"the schema of {env.db_name} changes ({', '.join(dry.planned)})"] if dry.planned else [],
+                warnings, nothing_to_do="" if dry.planned else dry.message), dry
+
+
+def apply(settings: Settings, runtime: Runtime, *, path: str | None = None, strict: bool = False,
           dry_run: bool = False, report: Reporter) -> ApplyResult:
     """Apply every pending migration (or the one at ``path``) as one batch; see the module doc."""
     files = discover(settings.migrations.directory)
@@ -399,7 +393,7 @@ class _Batch:
     restore_reason: str | None = None
 
 
-def _apply_locked(settings: Settings, runtime: Any, files: Sequence[MigrationFile],
+def _apply_locked(settings: Settings, runtime: Runtime, files: Sequence[MigrationFile],
                   targets: Sequence[MigrationFile], report: Reporter) -> _Batch:
     """The part of apply that runs under the migration lock (history re-read, backup, DDL)."""
     b = _Batch()
@@ -465,7 +459,7 @@ def _undo_with_downs(conn: Any, done: Sequence[MigrationFile], failure: _StepFai
             "the database is as before the batch"), None
 
 
-def _undo_with_restore(settings: Settings, runtime: Any, backup_id: str, reason: str, report: Reporter) -> str:
+def _undo_with_restore(settings: Settings, runtime: Runtime, backup_id: str, reason: str, report: Reporter) -> str:
     try:
         kept = restore_pre_migration_backup(settings, runtime, backup_id, report)
     except (StackopsError, OSError) as exc:
@@ -501,15 +495,28 @@ def _down_plan(rows: Sequence[HistoryRow], files: dict[str, MigrationFile]) -> t
     return plan, problems
 
 
-def rollback(settings: Settings, runtime: Any, *, restore: bool = False, yes: bool = False,
-             dry_run: bool = False, report: Reporter) -> RollbackResult:
+def rollback_plan(settings: Settings, runtime: Runtime, *, restore: bool = False,
+                  report: Reporter) -> tuple[Plan, RollbackResult]:
+    """What ``rollback`` would do (every check it runs first has run), as a plan to confirm."""
+    dry = rollback(settings, runtime, restore=restore, dry_run=True, report=report)
+    env = settings.env
+    if dry.method == "none":
+        return Plan("rolling back migrations", env.name, env.protected, nothing_to_do=dry.message), dry
+    if dry.method == "restore":
+        steps = [f"restore the pre-migration backup {dry.backup_id} of batch {dry.batch}"]
+        destroys = [f"every change written to {env.db_name} since batch {dry.batch} (the database is kept aside)"]
+    else:
+        steps = ["take a safety backup", *(f"run the down section of {m}" for m in dry.migrations)]
+        destroys = [f"what {m} created (tables, columns and their data)" for m in dry.migrations]
+    return Plan(f"rolling back migration batch {dry.batch} of {env.db_name}", env.name, env.protected,
+                steps, destroys, list(dry.warnings)), dry
+
+
+def rollback(settings: Settings, runtime: Runtime, *, restore: bool = False, dry_run: bool = False,
+             report: Reporter) -> RollbackResult:
     """Revert the last applied batch: its down sections in reverse applied order (after a safety
-    backup), or with ``restore`` its pre-migration backup (everything written since is lost)."""
-    if settings.env.protected and not yes and not dry_run:
-        raise ProtectedEnvironment(
-            f"refusing to roll back migrations of protected environment {settings.env.name!r} unconfirmed: "
-            "look at the plan with --dry-run, then run again with --yes"
-        )
+    backup), or with ``restore`` its pre-migration backup (everything written since is lost).
+    Confirmation in a protected environment is the caller's (the cli's plan flow)."""
     with connect(runtime) as conn:
         history = read_history(conn)
     if not history:
@@ -557,7 +564,7 @@ def rollback(settings: Settings, runtime: Any, *, restore: bool = False, yes: bo
                           f"rolled back batch {batch}: reverted {', '.join(names)} (safety backup {safety})")
 
 
-def _rollback_restore(settings: Settings, runtime: Any, batch: int, rows: Sequence[HistoryRow], dry_run: bool,
+def _rollback_restore(settings: Settings, runtime: Runtime, batch: int, rows: Sequence[HistoryRow], dry_run: bool,
                       report: Reporter) -> RollbackResult:
     names = [h.filename for h in rows]
     backups = {h.backup_id for h in rows}

@@ -386,6 +386,15 @@ def discover(directory: Path) -> list[MigrationFile]:
     return found
 
 
+def newest_version(directory: Path) -> str:
+    """The newest migration version on disk, padded to 14 digits ("" when there is none): a backup
+    whose migration head is newer than this comes from newer code."""
+    if not directory.is_dir():
+        return ""
+    versions = [m["version"].ljust(14, "0") for f in directory.iterdir() if (m := FILE_RE.match(f.name))]
+    return max(versions, default="")
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise MigrationNameError(

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg import sql
-
 from stackops.migrate.files import MigrationFile
+from stackops.pg import sql
 
 HISTORY_TABLE = "schema_migrations"
 #: pg_advisory_lock key held (session level, on its own connection) by apply and rollback.

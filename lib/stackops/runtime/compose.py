@@ -18,23 +18,20 @@ volumes, health and image digests.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import time
-from functools import cache
 from typing import Any
 
 from stackops.config import Settings
-from stackops.errors import (
-    ConfigError,
-    PrerequisiteError,
-    ProtectedEnvironment,
-    ServiceError,
-)
-from stackops.proc import Cmd, run, spawn, text, which
+from stackops.errors import ConfigError, ProtectedEnvironment, ServiceError
+from stackops.files import dir_size
+from stackops.pg import parse_major
+from stackops.proc import Cmd, run, spawn, which
 from stackops.report import Reporter
-from stackops.runtime import ServiceStatus
+from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.runtime.docker import DOCKER_INSTALL, compose_argv, docker_client, image_missing_error
+
+__all__ = ["ComposeRuntime", "compose_argv", "docker_client"]
 
 DATABASE, REDIS, BACKEND = "database", "redis", "backend"
 DATA_SERVICES = (DATABASE, REDIS, BACKEND)  # must be healthy after up
@@ -43,41 +40,8 @@ CLEAN_START_LABEL = "stackops.clean-start"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 VOLUME_LABEL = "com.docker.compose.volume"
-SETUP_HINT = "run `.ci/setup-docker` (installs docker.io and compose, starts dockerd)"
 DOWN_V_REASON = ("the guide says of `docker-compose down -v`: \"DON'T USE THIS\" — it removes volumes and "
                  "all data")
-
-
-@cache
-def compose_argv() -> tuple[str, ...]:
-    """The docker compose v2 command: the CLI plugin (``docker compose``), else a v2 ``docker-compose``."""
-    docker = shutil.which("docker")
-    if docker is not None:
-        proc = run(Cmd([docker, "compose", "version", "--short"]), check=False)
-        if proc.returncode == 0:
-            return (docker, "compose")
-    standalone = shutil.which("docker-compose")
-    if standalone is not None:
-        version = text(Cmd([standalone, "version", "--short"]), check=False)
-        if version.lstrip("v").startswith("2"):
-            return (standalone,)
-    raise PrerequisiteError(
-        f"docker compose v2 not found (neither `docker compose` nor docker-compose v2): {SETUP_HINT}"
-    )
-
-
-def docker_client(timeout: int = 60) -> Any:
-    """A docker SDK client whose engine answered a ping (image builds want a longer ``timeout``)."""
-    try:
-        import docker
-    except ImportError as exc:
-        raise PrerequisiteError("the docker Python package is missing: run `pip install -e '.[dev]'`") from exc
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except Exception as exc:  # any failure means "no engine"
-        raise PrerequisiteError(f"no Docker engine answered ({type(exc).__name__}): {SETUP_HINT}") from exc
-    return client
 
 
 def _health_log_tail(container: Any) -> str:
@@ -88,12 +52,11 @@ def _health_log_tail(container: Any) -> str:
     return out[-1][:200] if out else f"exit {log[-1].get('ExitCode')}"
 
 
-class ComposeRuntime:
+class ComposeRuntime(Runtime):
     kind = "compose"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.env = settings.env
+        super().__init__(settings)
         self.project = self.env.compose_project
         self.files = self.env.compose_files
         if not self.files:
@@ -261,7 +224,7 @@ class ComposeRuntime:
         password = self._password(c)
         if password is not None:
             env["PGPASSWORD"] = password
-        argv = [which("docker", "apt-get install -y docker.io"), "exec", "-i", "-u", "postgres"]
+        argv = [which("docker", DOCKER_INSTALL), "exec", "-i", "-u", "postgres"]
         for name in sorted(env):
             argv += ["-e", name]  # no "=value": the docker CLI copies it from its own environment
         return Cmd([*argv, str(c.id), tool], env=env)
@@ -285,22 +248,13 @@ class ComposeRuntime:
         return out
 
     def server_major(self) -> int:
-        out = run(Cmd([which("docker", "apt-get install -y docker.io"), "exec", str(self.container(DATABASE).id),
-                        "postgres", "--version"])).stdout
-        m = re.search(r"\(PostgreSQL\) (\d+)", out.decode(errors="replace"))
-        if not m:
-            raise ServiceError(f"cannot read the PostgreSQL version in the {self.env.name} database container")
-        return int(m.group(1))
-
-    def describe(self) -> str:
-        out = run(Cmd([which("docker", "apt-get install -y docker.io"), "exec", str(self.container(DATABASE).id),
+        out = run(Cmd([which("docker", DOCKER_INSTALL), "exec", str(self.container(DATABASE).id),
                        "postgres", "--version"])).stdout
-        return out.decode(errors="replace").strip()
+        return parse_major(out.decode(errors="replace"))
 
     # ----- protocol: lifecycle -------------------------------------------------------------------------
     def _missing_images(self) -> list[str]:
-        import docker.errors
-
+        not_found = image_missing_error()
         missing = []
         for svc in self.config().get("services", {}).values():
             image = svc.get("image")
@@ -308,7 +262,7 @@ class ComposeRuntime:
                 continue
             try:
                 self.client.images.get(image)
-            except docker.errors.ImageNotFound:
+            except not_found:
                 missing.append(str(image))
         return sorted(set(missing))
 
@@ -492,8 +446,6 @@ class ComposeRuntime:
                                      port, state.get("Pid") or None, ", ".join(data) or "-",
                                      size if any(d.startswith("volume") for d in data) else None, detail))
         uploads = self.env.uploads_dir
-        from stackops.runtime import dir_size
-
         out.append(ServiceStatus("uploads", "present" if uploads.is_dir() else "missing", None, None, None,
                                  str(uploads), dir_size(uploads) if uploads.is_dir() else None,
                                  "host folder (bind mount)"))

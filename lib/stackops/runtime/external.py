@@ -8,19 +8,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stackops import pg
 from stackops.config import Settings
-from stackops.errors import ConfigError, RuntimeRefused
+from stackops.errors import ConfigError, RuntimeRefused, StackopsError
 from stackops.proc import Cmd
 from stackops.report import Reporter
-from stackops.runtime import ServiceStatus, pg_bindir
+from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.runtime.binaries import pg_bindir
 
 
-class ExternalRuntime:
+class ExternalRuntime(Runtime):
     kind = "external"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.env = settings.env
+        super().__init__(settings)
+        self._major: int | None = None
         self._pgpass: Path | None = None
 
     def _refuse(self, what: str) -> RuntimeRefused:
@@ -58,10 +60,10 @@ class ExternalRuntime:
         return info
 
     def server_major(self) -> int:
-        import psycopg
-
-        with psycopg.connect(**self.conninfo()) as conn:
-            return conn.info.server_version // 10000
+        if self._major is None:
+            with pg.connect(self) as conn:
+                self._major = pg.server_major(conn)
+        return self._major
 
     def pg_cmd(self, tool: str) -> Cmd:
         env = {
@@ -89,13 +91,10 @@ class ExternalRuntime:
         """Nothing mounts the uploads folder here: the next read sees the new folder."""
 
     def status(self) -> list[ServiceStatus]:
-        import psycopg
-
         try:
-            with psycopg.connect(**{**self.conninfo(), "connect_timeout": 3}) as conn:
-                detail = f"PostgreSQL {conn.info.parameter_status('server_version')}"
-                ok = True
-        except psycopg.Error as exc:
-            ok, detail = False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            with pg.connect(self, timeout=3) as conn:
+                ok, detail = True, f"PostgreSQL {pg.server_version(conn)}"
+        except (StackopsError, pg.Error) as exc:
+            ok, detail = False, pg.first_line(exc)
         return [ServiceStatus("postgres", "external", ok, self.env.ports.postgres, None,
                               f"{self.env.db_host}:{self.env.ports.postgres}", None, detail)]

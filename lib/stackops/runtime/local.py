@@ -18,13 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stackops import pg
 from stackops.config import Settings
-from stackops.errors import PrerequisiteError, ProtectedEnvironment, ServiceError
-from stackops.proc import Cmd, run, text
+from stackops.errors import PrerequisiteError, ProtectedEnvironment, ServiceError, StackopsError
+from stackops.files import atomic_write, dir_size
+from stackops.prereq import ensure_programs
+from stackops.proc import Cmd, run
 from stackops.report import Reporter
-from stackops.runtime import LOCAL_MARKER, ServiceStatus, binary_major, dir_size, pg_bindir
+from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.runtime.binaries import binary_major, pg_bindir
 
 PG_SERVICE_USER = "postgres"
+LOCAL_MARKER = "local-runtime"  # in the state dir: this environment's data lives in a local cluster
 
 
 def _pid_alive(pid: int, comm_prefix: str) -> bool:
@@ -64,24 +69,14 @@ def _traversable_by_others(path: Path) -> bool:
 
 def _write_private(path: Path, content: str, owner: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    if owner is not None:
-        pw = pwd.getpwnam(owner)
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    os.replace(tmp, path)
+    atomic_write(path, content.encode(), owner=owner)
 
 
-class LocalRuntime:
+class LocalRuntime(Runtime):
     kind = "local"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.env = settings.env
+        super().__init__(settings)
         self.state = self.env.state_dir
         self.bindir = pg_bindir(settings)
         self.run_as = PG_SERVICE_USER if os.geteuid() == 0 else None
@@ -231,14 +226,11 @@ class LocalRuntime:
         self._ensure_database(report)
 
     def _ensure_database(self, report: Reporter) -> None:
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(**self.conninfo("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.env.db_name,)).fetchone()
-            if not exists:
-                report.info(f"creating database {self.env.db_name}")
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.env.db_name)))
+        with pg.admin(self) as conn:
+            exists = pg.database_exists(conn, self.env.db_name)
+        if not exists:
+            report.info(f"creating database {self.env.db_name}")
+            pg.create_database(self, self.env.db_name)
 
     def _pg_stop(self, report: Reporter) -> None:
         if self._pg_running() is None:
@@ -249,14 +241,11 @@ class LocalRuntime:
                              "-D", str(self.pg_data)]))
 
     def _pg_healthy(self) -> tuple[bool, str]:
-        import psycopg
-
         try:
-            with psycopg.connect(**{**self.conninfo(), "connect_timeout": 3}) as conn:
-                version = conn.execute("SHOW server_version").fetchone()
-            return True, f"PostgreSQL {version[0] if version else '?'}"
-        except psycopg.Error as exc:
-            return False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            with pg.connect(self, timeout=3) as conn:
+                return True, f"PostgreSQL {pg.server_version(conn)}"
+        except (StackopsError, pg.Error) as exc:
+            return False, pg.first_line(exc)
 
     # ----- Redis -----------------------------------------------------------------------------
     def _redis_running(self) -> int | None:
@@ -264,8 +253,6 @@ class LocalRuntime:
         return pid if pid is not None and _pid_alive(pid, "redis-server") else None
 
     def _redis_start(self, report: Reporter) -> None:
-        from stackops.prereq import ensure_programs
-
         ensure_programs(["redis-server"], report)
         if self._redis_running() is not None:
             report.info(f"Redis already running on 127.0.0.1:{self.env.ports.redis}")
@@ -315,7 +302,7 @@ class LocalRuntime:
             time.sleep(0.05)
 
     def _redis_healthy(self) -> tuple[bool, str]:
-        import redis
+        import redis  # lazy: the client costs about 225 ms at import and only health checks need it
 
         try:
             client = redis.Redis.from_url(self.redis_url(), socket_timeout=2, socket_connect_timeout=2)
@@ -373,6 +360,3 @@ class LocalRuntime:
 
     def server_major(self) -> int:
         return binary_major(self.bindir, "postgres")
-
-    def describe(self) -> str:
-        return text(Cmd([str(self.bindir / "postgres"), "--version"]))

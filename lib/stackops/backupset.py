@@ -1,0 +1,278 @@
+"""The on-disk format of a backup set: the only module that knows it.
+
+One folder per backup under the environment's backups folder, ``<kind>_<UTC time>/``, holding the
+database as a pg_dump custom archive streamed through zstd (gzip when zstd is missing), the
+cluster's globals, for full backups the uploads as one archive, ``manifest.json`` (every file's
+size and sha256, and its own checksum) and, once verified, ``verification.json``. A set is written
+under ``.tmp-<id>`` and renamed when whole, so a folder without the prefix and with a sealed
+manifest is complete; anything else is in progress, interrupted or damaged.
+
+Here: the manifest (seal / read), file checks, the compression choice, ids and temporary names,
+and list / find / delete of sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stackops.config import Settings
+from stackops.errors import BackupCorrupt, BackupError, BackupNotFound, PrerequisiteError
+from stackops.files import atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
+from stackops.proc import Cmd
+from stackops.report import Reporter
+
+FORMAT = "stackops-backup/1"
+MANIFEST = "manifest.json"
+VERIFICATION = "verification.json"
+TMP_PREFIX = ".tmp-"
+# what each kind of backup holds: retention keeps every part protected on its own
+COVERS: dict[str, tuple[str, ...]] = {
+    "full": ("database", "globals", "uploads"),
+    "db": ("database", "globals"),
+    "pre_migration": ("database", "globals"),
+}
+KINDS = tuple(COVERS)
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    id: str
+    path: Path
+    manifest: dict[str, Any]
+    verification: dict[str, Any] | None
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def covers(self) -> tuple[str, ...]:
+        return COVERS.get(self.kind, ())
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromisoformat(self.manifest["started_at"])
+
+    @property
+    def size(self) -> int:
+        return sum(int(f["size"]) for f in self.manifest["files"].values())
+
+    @property
+    def compression(self) -> str:
+        return str(self.manifest["compression"])
+
+    def file(self, role: str) -> Path | None:
+        for name, entry in self.manifest["files"].items():
+            if entry["role"] == role:
+                return self.path / str(name)
+        return None
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A folder in the backups folder that looks like a backup but cannot be used, and why."""
+
+    id: str
+    path: Path
+    reason: str
+
+
+# ----- compression -------------------------------------------------------------------------------
+def compressor() -> tuple[str, str, list[str]]:
+    """(name, file suffix, argv) of the streaming compressor: zstd on all cores, else gzip."""
+    if shutil.which("zstd"):
+        return "zstd", ".zst", ["zstd", "-q", "-3", "-T0", "-c"]
+    return "gzip", ".gz", ["gzip", "-c", "-3"]
+
+
+def decompressor(name: str, path: Path) -> Cmd:
+    if name == "zstd":
+        if not shutil.which("zstd"):
+            raise PrerequisiteError("the backup is zstd-compressed but zstd is not installed: "
+                                    "install it with `apt-get install -y zstd`")
+        return Cmd(["zstd", "-q", "-dc", str(path)])
+    if name == "gzip":
+        return Cmd(["gzip", "-dc", str(path)])
+    return Cmd(["cat", str(path)])
+
+
+# ----- manifest ----------------------------------------------------------------------------------
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the manifest's own checksum (over its canonical JSON without that field)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return {**body, "manifest_sha256": hashlib.sha256(canonical_json(body)).hexdigest()}
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of ``folder`` after checking its format and its own checksum."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BackupCorrupt(f"{folder} has no {MANIFEST}: it is not a complete stackops backup") from None
+    except (OSError, ValueError) as exc:
+        raise BackupCorrupt(f"{path} cannot be read as JSON ({exc}): the backup is damaged") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupCorrupt(f"{path} was not written by stackops (format {FORMAT} expected)")
+    if seal(manifest)["manifest_sha256"] != manifest.get("manifest_sha256"):
+        raise BackupCorrupt(f"{path} was modified after the backup was written (its checksum does not match): "
+                            "refusing to use it")
+    return manifest
+
+
+def check_files(backup: BackupSet, report: Reporter | None = None) -> None:
+    """Every file the manifest names exists with its size and sha256; raise BackupCorrupt otherwise."""
+    for name, entry in backup.manifest["files"].items():
+        path = backup.path / name
+        if path.is_symlink() or not path.is_file():
+            raise BackupCorrupt(f"backup {backup.id}: {name} is missing; the backup cannot be used")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise BackupCorrupt(f"backup {backup.id}: {name} is {size} bytes, the manifest says {entry['size']} "
+                                "(truncated or replaced); the backup cannot be used")
+        if sha256_file(path) != entry["sha256"]:
+            raise BackupCorrupt(f"backup {backup.id}: {name} does not match its sha256 (the file is damaged); "
+                                "the backup cannot be used")
+    if report is not None:
+        report.info(f"checked {len(backup.manifest['files'])} files of {backup.id}: sizes and sha256 match")
+
+
+def open_set(folder: Path) -> BackupSet:
+    manifest = read_manifest(folder)
+    verification = None
+    vpath = folder / VERIFICATION
+    if vpath.exists():
+        try:
+            verification = json.loads(vpath.read_text())
+        except ValueError:
+            verification = None
+    return BackupSet(folder.name, folder, manifest, verification)
+
+
+def write_verification(folder: Path, result: dict[str, Any]) -> None:
+    atomic_write(folder / VERIFICATION, json.dumps(result, indent=2).encode())
+
+
+# ----- list / find / delete ----------------------------------------------------------------------
+def scan(settings: Settings) -> tuple[list[BackupSet], list[Damaged]]:
+    """Complete backups (newest first) and damaged ones (never silently left out). Folders in
+    progress (``.tmp-*``) and other dot-folders are neither."""
+    folder = settings.env.backups_dir
+    if not folder.is_dir():
+        return [], []
+    sets: list[BackupSet] = []
+    damaged: list[Damaged] = []
+    for child in folder.iterdir():
+        if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
+            continue
+        try:
+            sets.append(open_set(child))
+        except BackupCorrupt as exc:
+            damaged.append(Damaged(child.name, child, str(exc)))
+    return sorted(sets, key=lambda b: b.started_at, reverse=True), sorted(damaged, key=lambda d: d.id, reverse=True)
+
+
+def list_backups(settings: Settings) -> list[BackupSet]:
+    """Complete backups of the environment, newest first."""
+    return scan(settings)[0]
+
+
+def latest(settings: Settings, now: datetime | None = None) -> BackupSet:
+    """The newest complete backup that did not start in the future (a wrong clock must not pick it)."""
+    moment = now or datetime.now(UTC)
+    for b in list_backups(settings):
+        if b.started_at <= moment:
+            return b
+    raise BackupNotFound(f"no backups in {settings.env.backups_dir}: take one with `invoke backup`")
+
+
+def resolve_ref(settings: Settings, ref: str) -> Path:
+    """The folder a backup reference names: an id, or a path that resolves to a direct child of the
+    environment's backups folder. Anything else (``..``, another folder, a link out) is refused."""
+    root = settings.env.backups_dir
+    hint = f"see `invoke backup.list --env {settings.env.name}`"
+    if "/" in ref:
+        given = Path(ref)
+        candidates = [given] if given.is_absolute() else [Path.cwd() / given, settings.root / given]
+    else:
+        candidates = [] if ref in ("", ".", "..") or ref.startswith(".") else [root / ref]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if resolved.parent != root.resolve() or resolved.name.startswith(".") or not resolved.is_dir():
+            raise BackupNotFound(f"{ref!r} is not a backup of {settings.env.name}: a backup reference must name "
+                                 f"a folder directly inside {root} ({hint})")
+        return resolved
+    raise BackupNotFound(f"backup {ref!r} not found in {root}: {hint}")
+
+
+def find_backup(settings: Settings, ref: str) -> BackupSet:
+    """A backup by id, folder path inside the backups folder, or ``latest``; a damaged one raises BackupCorrupt."""
+    if ref == "latest":
+        return latest(settings)
+    return open_set(resolve_ref(settings, ref))
+
+
+def new_id(folder: Path, kind: str, now: datetime) -> str:
+    base = f"{kind}_{now.strftime('%Y%m%dT%H%M%SZ')}"
+    candidate, n = base, 1
+    while (folder / candidate).exists() or (folder / f"{TMP_PREFIX}{candidate}").exists():
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
+
+
+def remove_stale_tmp(folder: Path, report: Reporter) -> None:
+    """Folders of backups that never finished (crash, kill -9). Call it holding the environment's lock,
+    so that none of them is in progress."""
+    for child in folder.iterdir():
+        if child.name.startswith(TMP_PREFIX) and child.is_dir() and not child.is_symlink():
+            report.warn(f"removing unfinished backup folder {child.name} left by an interrupted run")
+            shutil.rmtree(child, ignore_errors=True)
+
+
+@contextmanager
+def writing(settings: Settings, kind: str, now: datetime) -> Iterator[tuple[str, Path]]:
+    """(id, temporary folder) for a new set; the folder is removed when the block raises.
+    The caller seals it with ``commit``."""
+    if kind not in KINDS:
+        raise BackupError(f"unknown backup kind {kind!r}: accepted values are {', '.join(KINDS)}")
+    folder = private_dir(settings.env.backups_dir)
+    backup_id = new_id(folder, kind, now)
+    tmp = folder / f"{TMP_PREFIX}{backup_id}"
+    tmp.mkdir(mode=0o700)
+    try:
+        yield backup_id, tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def commit(tmp: Path, backup_id: str, manifest: dict[str, Any]) -> BackupSet:
+    """Write the sealed manifest, fsync, and rename the temporary folder to its final name."""
+    atomic_write(tmp / MANIFEST, json.dumps(seal(manifest), indent=2, sort_keys=True).encode())
+    fsync_dir(tmp)
+    final = tmp.parent / backup_id
+    os.rename(tmp, final)
+    fsync_dir(tmp.parent)
+    return open_set(final)
+
+
+def delete_set(backup: BackupSet) -> None:
+    """Remove a complete set: only a folder carrying a manifest this tool wrote, first renamed out of
+    sight (so it leaves ``list`` at once and a crash leaves a ``.tmp-`` folder, removed later)."""
+    read_manifest(backup.path)
+    trash = backup.path.parent / f"{TMP_PREFIX}delete-{backup.id}"
+    os.rename(backup.path, trash)
+    fsync_dir(backup.path.parent)
+    shutil.rmtree(trash)

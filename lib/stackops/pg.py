@@ -1,0 +1,236 @@
+"""The PostgreSQL layer: the only module that imports psycopg or reads a PostgreSQL version.
+
+Connections (with the one "cannot connect" error), databases by name (create, drop, rename, list,
+always through ``sql.Identifier``), the user-schema filter, user tables and their exact row counts,
+the migration head, amcheck, and server / client majors. Capabilities call these; they never build
+a connection or a catalog query of their own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+
+from stackops.errors import DatabaseUnavailable, VersionMismatch
+from stackops.proc import Cmd, text
+from stackops.report import Check
+from stackops.runtime.base import Runtime
+
+__all__ = ["Connection", "Error", "OperationalError", "errors", "sql"]
+
+Connection = psycopg.Connection
+Error = psycopg.Error
+OperationalError = psycopg.OperationalError
+
+MAINTENANCE_DB = "postgres"
+# schemas that belong to the user (alias ``n`` for pg_namespace): not the catalogs, toast or temp
+USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'"
+MAX_LISTED = 5
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an error's text (PostgreSQL adds DETAIL/HINT lines)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def connect(runtime: Runtime, dbname: str | None = None, *, autocommit: bool = False,
+            timeout: int | None = None) -> psycopg.Connection[Any]:
+    """A connection to ``dbname`` (default: the environment's database), or one DatabaseUnavailable line."""
+    info = runtime.conninfo(dbname)
+    if timeout is not None:
+        info["connect_timeout"] = timeout
+    try:
+        return psycopg.connect(**info, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        why = [ln for ln in str(exc).strip().splitlines() if ln.strip()][-1:] or [type(exc).__name__]
+        env = runtime.settings.env.name
+        raise DatabaseUnavailable(
+            f"cannot connect to database {info.get('dbname')} of {env} ({why[0].strip()}): "
+            f"start the environment with `invoke env.up --env {env}`"
+        ) from None
+
+
+def admin(runtime: Runtime) -> psycopg.Connection[Any]:
+    """An autocommit connection to the maintenance database (CREATE / DROP / ALTER DATABASE)."""
+    return connect(runtime, MAINTENANCE_DB, autocommit=True)
+
+
+def user_objects(query: str) -> sql.Composed:
+    """``query`` with ``{user_schemas}`` replaced by the filter that keeps user schemas (alias ``n``)."""
+    return sql.SQL(query).format(user_schemas=sql.SQL(USER_SCHEMAS))
+
+
+# ----- databases by name -------------------------------------------------------------------------
+def database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def databases_like(runtime: Runtime, prefix: str) -> list[tuple[str, int, bool]]:
+    """(name, size in bytes, accepts connections) of every database whose name starts with ``prefix``."""
+    pattern = prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+    with admin(runtime) as conn:
+        rows = conn.execute("SELECT datname, pg_database_size(datname), datallowconn FROM pg_database "
+                            "WHERE datname LIKE %s ORDER BY 1 DESC", (pattern,)).fetchall()
+    return [(str(n), int(s), bool(a)) for n, s, a in rows]
+
+
+def create_database(runtime: Runtime, name: str) -> None:
+    with admin(runtime) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(name)))
+
+
+def drop_database(runtime: Runtime, name: str) -> None:
+    with admin(runtime) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def rename_database(conn: psycopg.Connection[Any], old: str, new: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def allow_connections(conn: psycopg.Connection[Any], name: str, allow: bool) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(name), sql.SQL("true" if allow else "false")))
+
+
+def terminate_sessions(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def export_snapshot(conn: psycopg.Connection[Any]) -> str:
+    """Open a read-only repeatable-read transaction on ``conn`` and export its snapshot (for
+    ``pg_dump --snapshot``); it stays valid while that transaction is open."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# ----- tables ------------------------------------------------------------------------------------
+def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, table) of every ordinary user table, sorted."""
+    rows = conn.execute(user_objects(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND {user_schemas} ORDER BY 1, 2")).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
+
+
+def table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Exact row count of every user table (``schema.table``), as seen by ``conn``'s snapshot."""
+    counts = {}
+    for schema, table in user_tables(conn):
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def migration_head(conn: psycopg.Connection[Any]) -> str | None:
+    """The newest applied migration version, or None without a history table."""
+    exists = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT max(version)::text FROM public.schema_migrations").fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+# ----- checks ------------------------------------------------------------------------------------
+def listed(items: list[str]) -> str:
+    more = len(items) - MAX_LISTED
+    return ", ".join(items[:MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
+def invalid_indexes(conn: psycopg.Connection[Any]) -> Check:
+    rows = conn.execute(user_objects(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid AND {user_schemas} ORDER BY 1"
+    )).fetchall()
+    bad = [str(r[0]) for r in rows]
+    return Check("invalid indexes", not bad, f"invalid: {listed(bad)}" if bad else "every index is valid",
+                 "rebuild with REINDEX INDEX CONCURRENTLY <name> (or drop it and create it again); "
+                 "an interrupted CREATE INDEX CONCURRENTLY leaves these")
+
+
+@contextmanager
+def _amcheck_function(conn: psycopg.Connection[Any]) -> Iterator[sql.Identifier | str]:
+    """The bt_index_check function, with amcheck created inside a transaction that is rolled back
+    (so a check leaves no trace), or the reason it is unavailable."""
+    with conn.transaction(force_rollback=True):
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+        except psycopg.Error as exc:
+            yield f"amcheck unavailable: {exc.diag.message_primary or first_line(exc)}"
+            return
+        row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                           "WHERE e.extname = 'amcheck'").fetchone()
+        yield sql.Identifier(str(row[0]) if row else "public", "bt_index_check")
+
+
+def amcheck(conn: psycopg.Connection[Any]) -> Check:
+    """bt_index_check (heapallindexed) on every btree index amcheck can check: valid, ready, not
+    temporary, and a real index (a partitioned table's parent index has no storage; its partitions'
+    indexes are checked). Every failure is collected; what was skipped is said."""
+    name = "amcheck (btree indexes)"
+    with _amcheck_function(conn) as func:
+        if isinstance(func, str):
+            return Check(name, False, func, "ask a superuser to run CREATE EXTENSION amcheck in this database")
+        rows = conn.execute(
+            "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind = 'i' AND i.indisvalid "
+            "AND i.indisready AND c.relpersistence <> 't' FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' ORDER BY 2"
+        ).fetchall()
+        bad: list[str] = []
+        checked = skipped = 0
+        for oid, index, checkable in rows:
+            if not checkable:
+                skipped += 1
+                continue
+            checked += 1
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("SELECT {}(%s::regclass, true)").format(func), (oid,))
+            except psycopg.Error as exc:
+                bad.append(f"{index} ({exc.diag.message_primary or first_line(exc)})")
+    note = f"; {skipped} skipped (partitioned parents, invalid or temporary: amcheck cannot check them)" \
+        if skipped else ""
+    return Check(name, not bad, f"corrupt: {listed(bad)}" if bad else
+                 f"{checked} btree index(es) verified with bt_index_check{note}",
+                 "REINDEX the index; if it fails again, restore from a backup and check the disk")
+
+
+# ----- versions ----------------------------------------------------------------------------------
+def parse_major(version_text: str) -> int:
+    """The major version in ``pg_dump (PostgreSQL) 15.4``, ``15.4 (Debian ...)`` or ``PostgreSQL 16beta1``."""
+    m = re.search(r"(?:\(PostgreSQL\)|PostgreSQL)?\s*(\d+)(?:[.\w]*)", version_text)
+    if not m:
+        raise VersionMismatch(f"cannot read a PostgreSQL version from {version_text!r}")
+    return int(m.group(1))
+
+
+def server_major(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.info.server_version) // 10000
+
+
+def server_version(conn: psycopg.Connection[Any]) -> str:
+    return str(conn.info.parameter_status("server_version") or conn.info.server_version)
+
+
+def client_version(tool: Cmd, server: int) -> str:
+    """The client tool's version text; refuse a client older than the server before anything starts."""
+    version = text(tool.with_args("--version"))
+    major = parse_major(version)
+    if major < server:
+        name = tool.argv[-1].rsplit("/", 1)[-1]
+        raise VersionMismatch(
+            f"{name} is version {major} but the server is PostgreSQL {server}: an older {name} cannot read a "
+            f"newer server safely; install postgresql-client-{server}"
+        )
+    return version

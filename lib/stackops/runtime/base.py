@@ -1,0 +1,84 @@
+"""The contract every runtime declares: how the services of one environment run.
+
+Three implementations, one module each: ``local`` (PostgreSQL and Redis as processes under the
+environment's state folder), ``external`` (a managed database: connection settings only, no
+lifecycle) and ``compose`` (docker compose + the docker SDK). ``stackops.runtime.select.make_runtime``
+picks one; capabilities take a ``Runtime`` and never ask which one they got.
+
+**The streaming rule.** A command from ``pg_cmd`` may run somewhere else than stackops (inside the
+database container for compose), so a file name in its arguments would name a file *there*. Data
+therefore always travels through the command's stdin and stdout (``pg_dump ... | zstd > file``,
+``zstd -dc file | pg_restore``), never as a path argument; secrets travel in its environment, never
+in argv.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from stackops.config import Settings
+from stackops.proc import Cmd
+from stackops.report import Reporter
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str            # running | stopped | external | missing | present
+    healthy: bool | None  # None: not applicable (stopped)
+    port: int | None
+    pid: int | None
+    data_dir: str
+    size_bytes: int | None
+    detail: str = ""
+
+
+class Runtime(abc.ABC):
+    """How one environment's services run. Every method may raise a StackopsError subclass."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = settings.env
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def up(self, report: Reporter) -> None:
+        """Start every service (idempotent) and return once they answer."""
+
+    @abc.abstractmethod
+    def down(self, report: Reporter, *, remove_data: bool = False) -> None:
+        """Stop every service, keeping its data unless ``remove_data``. Callers confirm ``remove_data``
+        through the one confirmation flow; a protected environment refusing it here is the last guard."""
+
+    @abc.abstractmethod
+    def status(self) -> list[ServiceStatus]:
+        """One row per service; never raises because a service is down."""
+
+    # ----- data access -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
+        """psycopg.connect() keyword arguments (password included, in memory only)."""
+
+    @abc.abstractmethod
+    def pg_cmd(self, tool: str) -> Cmd:
+        """A PostgreSQL client tool (pg_dump, pg_restore, psql, ...) of a version that can read the
+        server, connected through its environment (never argv). See the streaming rule above."""
+
+    @abc.abstractmethod
+    def server_major(self) -> int:
+        """The PostgreSQL major version of the environment's server."""
+
+    @abc.abstractmethod
+    def redis_url(self) -> str: ...
+
+    @abc.abstractmethod
+    def image_digests(self) -> dict[str, str]:
+        """service -> image reference@digest of what runs now (empty where there are no images)."""
+
+    @abc.abstractmethod
+    def uploads_replaced(self, report: Reporter) -> None:
+        """The uploads folder was swapped for another (restore): make services that use it see the new one."""

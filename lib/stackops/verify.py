@@ -1,0 +1,65 @@
+"""Verify a backup: restore it into a scratch database, compare its row counts with the manifest,
+run amcheck on its indexes, drop it, and record the result beside the backup."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from stackops import backupset, pg
+from stackops.config import Settings
+from stackops.errors import BackupCorrupt, StackopsError
+from stackops.lock import env_lock
+from stackops.report import Reporter
+from stackops.restore import compare_counts, load_archive, preflight, side_name
+from stackops.runtime.base import Runtime
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    backup_id: str
+    ok: bool
+    verified_at: str
+    restore_seconds: float
+    detail: str
+
+
+def _record(folder_id: str, ok: bool, seconds: float, detail: str) -> VerifyResult:
+    return VerifyResult(folder_id, ok, datetime.now(UTC).isoformat(), seconds, detail)
+
+
+def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter) -> VerifyResult:
+    """Restore into a scratch database, compare row counts, run amcheck, drop it, record the result."""
+    with env_lock(settings.env.backups_dir, "verify"):
+        try:
+            backup = backupset.find_backup(settings, ref)
+        except BackupCorrupt as exc:  # a damaged manifest: record the failure next to it, then report it
+            folder = backupset.resolve_ref(settings, ref)
+            result = _record(folder.name, False, 0.0, str(exc))
+            backupset.write_verification(folder, asdict(result))
+            report.step(f"verify {folder.name}: FAILED: {exc}")
+            return result
+        started = datetime.now(UTC)
+        scratch = side_name(settings.env.db_name, "verify")
+        ok, detail = True, ""
+        try:
+            preflight(settings, runtime, backup, report)
+            pg.create_database(runtime, scratch)
+            load_archive(runtime, backup, scratch, report)
+            counts = compare_counts(runtime, scratch, backup.manifest["row_counts"])
+            with pg.connect(runtime, scratch, autocommit=True) as conn:
+                checks = [pg.invalid_indexes(conn), pg.amcheck(conn)]
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                ok, detail = False, "; ".join(f"{c.name}: {c.detail}" for c in failed)
+            else:
+                detail = f"{len(counts)} tables match the manifest's row counts; {checks[1].detail}"
+        except (StackopsError, pg.Error) as exc:
+            ok, detail = False, pg.first_line(exc)
+        finally:
+            pg.drop_database(runtime, scratch)
+        seconds = round((datetime.now(UTC) - started).total_seconds(), 3)
+        result = _record(backup.id, ok, seconds, detail)
+        backupset.write_verification(backup.path, asdict(result))
+        report.step(f"verify {backup.id}: {'OK' if ok else 'FAILED'} in {seconds}s: {detail}")
+        return result
