@@ -3,6 +3,10 @@
 invoke merges invoke.yaml and the INVOKE_STACKOPS_* environment variables; this module turns
 the merged ``stackops`` mapping into frozen dataclasses and stops on the first bad key with
 one line naming the key and the accepted values. Nothing below tasks.py reads os.environ.
+
+invoke.yaml writes every leaf as a string (invoke then hands overrides over verbatim; for a YAML
+boolean it would turn any text but "0" and "" into true). Protection can be added by an override
+but only removed in invoke.yaml itself: ``load`` re-reads that file to tell the two apart.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ PORT_KEYS = ("postgres", "redis", "backend")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _DURATION = re.compile(r"^\d+(ms|s|min)?$")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+PROJECT_FILE = "invoke.yaml"  # the project's own config file, next to tasks.py (invoke's "project" level)
 
 
 @dataclass(frozen=True)
@@ -107,12 +114,34 @@ def _int(value: Any, where: str, low: int, high: int) -> int:
 def _bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
         return True
-    if text in ("0", "false", "no", "off", ""):
+    if text in _FALSE:
         return False
-    raise ConfigError(f"config key {where} has bad value {value!r}: accepted values are true, false")
+    raise ConfigError(
+        f"config key {where} has bad value {value!r}: accepted values are {', '.join(_TRUE + _FALSE)}"
+    )
+
+
+def _file_protected(root: Path, name: str) -> bool:
+    """Whether the project file itself (``root``/invoke.yaml, not an override) marks ``name`` protected."""
+    import yaml
+
+    path = root / PROJECT_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cannot read {path} to check which environments are protected: {why}") from exc
+    value: Any = data
+    for part in ("stackops", "envs", name):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, dict) or "protected" not in value:
+        return False
+    return _bool(value["protected"], f"{_key(name, 'protected')} in {path}")
 
 
 def _path(root: Path, value: str) -> Path:
@@ -181,6 +210,12 @@ def load(raw_config: Any, env_name: str | None, root: Path) -> Settings:
             f"unknown environment {name!r} (config key stackops.envs): accepted values are {', '.join(names)}"
         )
     env = _env(name, envs[name], root)
+    if not env.protected and _file_protected(root, name):
+        raise ConfigError(
+            f"config key {_key(name, 'protected')} is turned off by an override (e.g. "
+            f"INVOKE_{_key(name, 'protected').upper().replace('.', '_')}) but {root / PROJECT_FILE} marks "
+            f"{name} protected: only that file can unprotect an environment, edit it there"
+        )
     ret = raw.get("retention") or {}
     mig = raw.get("migrations") or {}
     for key in ("lock_timeout", "statement_timeout"):

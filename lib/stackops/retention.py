@@ -4,25 +4,36 @@ Like Barman's retention policies this module only *reports*; deleting the obsole
 separate, confirmed step. ``plan`` is pure: no I/O, no clock reads (``now`` is passed in), and
 its result depends only on its arguments.
 
-Rules (all calendar arithmetic in UTC):
+What a backup *covers* decides its slots. A ``full`` backup holds the database, the globals and
+the uploads; ``db`` and ``pre_migration`` backups hold the database and the globals only. Every
+coverage dimension (DIMENSIONS) has its own slots, so a database-only backup taken later in the
+day never pushes the day's full backup (the only copy of the uploads) out.
 
-- the newest complete backup of each of the last ``policy.daily`` calendar days (today is day 1)
-  keeps a daily slot;
-- the newest complete backup of each of the last ``policy.weekly`` ISO weeks (the current ISO
-  week is week 1) keeps a weekly slot;
-- the newest complete backup whose last verify succeeded is kept;
+Rules (all calendar arithmetic in UTC), per dimension:
+
+- the newest complete backup covering it of each of the last ``policy.daily`` calendar days
+  (today is day 1) keeps a daily slot;
+- the newest complete backup covering it of each of the last ``policy.weekly`` ISO weeks (the
+  current ISO week is week 1) keeps a weekly slot;
+- the newest complete backup covering it is kept, and so is the newest one whose last verify
+  succeeded (so the newest full backup survives any number of newer database-only ones);
+
+and for every backup:
+
+- the newest complete backup is kept, so pruning never leaves zero backups; the newest
+  complete backup whose last verify succeeded is kept;
 - a pre-migration backup younger than ``policy.pre_migration_days`` is kept;
-- the newest complete backup is kept, so pruning never leaves zero backups;
 - incomplete backups are never judged (kept), nor are backups dated after ``now`` (kept: the
   clock or the manifest is wrong, and a human should look). Neither takes a slot or counts as
   "newest", so a bogus record can never push a real backup out;
-- everything else is obsolete, with the slot that superseded it or "outside retention".
+- everything else is obsolete, with the slots that superseded it (and by which backup, for
+  which dimensions) or "outside retention".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from stackops import backupset
@@ -33,6 +44,12 @@ from stackops.lock import env_lock
 from stackops.report import Plan, Reporter
 
 KINDS = ("full", "db", "pre_migration")
+DIMENSIONS = ("database", "globals", "uploads")
+COVERS: dict[str, tuple[str, ...]] = {
+    "full": ("database", "globals", "uploads"),
+    "db": ("database", "globals"),
+    "pre_migration": ("database", "globals"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,12 @@ class BackupRecord:
     complete: bool
     verified_ok: bool | None  # result of the last verify; None = never verified
     verified_at: datetime | None
+    # What the backup holds, from DIMENSIONS; left empty, it is what its kind covers (COVERS).
+    covers: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.covers:
+            object.__setattr__(self, "covers", COVERS.get(self.kind, ()))
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class Decision:
     backup: BackupRecord
     keep: bool
     reasons: tuple[str, ...]  # never empty; human-readable
+    covers: tuple[str, ...] = ()  # what the backup holds (DIMENSIONS order), for the prune plan
 
 
 def _aware(value: datetime, what: str) -> datetime:
@@ -71,6 +95,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _dims(dims: Iterable[str]) -> str:
+    """Dimensions in DIMENSIONS order, comma-separated: "database, globals"."""
+    wanted = set(dims)
+    return ", ".join(d for d in DIMENSIONS if d in wanted)
+
+
 def _check(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> datetime:
     now_utc = _aware(now, "now")
     for name in ("daily", "weekly", "pre_migration_days"):
@@ -85,16 +115,35 @@ def _check(backups: Sequence[BackupRecord], now: datetime, policy: Retention) ->
             raise ValueError(
                 f"backup {b.id!r} has unknown kind {b.kind!r}: expected one of {', '.join(KINDS)}"
             )
+        bad = [d for d in b.covers if d not in DIMENSIONS]
+        if bad or len(set(b.covers)) != len(b.covers):
+            raise ValueError(
+                f"backup {b.id!r} has bad coverage {b.covers!r}: expected distinct values of {', '.join(DIMENSIONS)}"
+            )
         _aware(b.started_at, f"backup {b.id!r} started_at")
         if b.verified_at is not None:
             _aware(b.verified_at, f"backup {b.id!r} verified_at")
     return now_utc
 
 
+def _held(b: BackupRecord, owners: dict[tuple[str, date], BackupRecord], bucket: date) -> list[str]:
+    """The dimensions of ``b`` whose slot ``bucket`` it holds."""
+    return [d for d in b.covers if owners.get((d, bucket)) is b]
+
+
+def _superseded(b: BackupRecord, owners: dict[tuple[str, date], BackupRecord], bucket: date) -> str:
+    """ "x (database, globals) and y (uploads)": who holds the slots of ``b``'s dimensions."""
+    by_owner: dict[str, list[str]] = {}
+    for d in b.covers:
+        by_owner.setdefault(owners[(d, bucket)].id, []).append(d)
+    return " and ".join(f"{owner} ({_dims(dims)})" for owner, dims in by_owner.items())
+
+
 def plan(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> list[Decision]:
     """One Decision per backup, newest first (ties broken by id, descending).
 
-    Raises ValueError on naive datetimes, duplicate ids, unknown kinds or a negative policy.
+    Raises ValueError on naive datetimes, duplicate ids, unknown kinds or coverage, or a negative
+    policy.
     """
     now_utc = _check(backups, now, policy)
     today = now_utc.date()
@@ -106,12 +155,19 @@ def plan(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> l
     # Only complete backups that are not from the future compete for slots and "newest" roles.
     eligible = [b for b in ordered if b.complete and b.started_at <= now_utc]
 
-    daily_owner: dict[date, BackupRecord] = {}
-    weekly_owner: dict[date, BackupRecord] = {}
+    # Slot owners per (dimension, day) and (dimension, Monday); newest per dimension.
+    daily_owner: dict[tuple[str, date], BackupRecord] = {}
+    weekly_owner: dict[tuple[str, date], BackupRecord] = {}
+    newest_covering: dict[str, BackupRecord] = {}
+    verified_covering: dict[str, BackupRecord] = {}
     for b in eligible:  # newest first, so setdefault keeps the newest of each bucket
         day = b.started_at.astimezone(UTC).date()
-        daily_owner.setdefault(day, b)
-        weekly_owner.setdefault(_monday(day), b)
+        for d in b.covers:
+            daily_owner.setdefault((d, day), b)
+            weekly_owner.setdefault((d, _monday(day)), b)
+            newest_covering.setdefault(d, b)
+            if b.verified_ok is True:
+                verified_covering.setdefault(d, b)
     newest_complete = eligible[0] if eligible else None
     newest_verified = next((b for b in eligible if b.verified_ok is True), None)
     young = timedelta(days=policy.pre_migration_days)
@@ -122,34 +178,43 @@ def plan(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> l
         day, monday = started.date(), _monday(started.date())
         in_daily = first_day is not None and first_day <= day <= today
         in_weekly = first_monday is not None and first_monday <= monday <= this_monday
+        covers = tuple(d for d in DIMENSIONS if d in b.covers)
         keep: list[str] = []
         if started > now_utc:
             keep.append(f"started in the future ({started.isoformat()} > now): kept, check the clock")
         if not b.complete:
             keep.append("incomplete: not managed by retention")
-        if in_daily and daily_owner.get(day) is b:
-            keep.append(f"daily slot {day.isoformat()}")
-        if in_weekly and weekly_owner.get(monday) is b:
-            keep.append(f"weekly slot {_iso_week(day)}")
+        if in_daily and (held := _held(b, daily_owner, day)):
+            keep.append(f"daily slot {day.isoformat()} ({_dims(held)})")
+        if in_weekly and (held := _held(b, weekly_owner, monday)):
+            keep.append(f"weekly slot {_iso_week(day)} ({_dims(held)})")
         if b is newest_verified:
             keep.append("newest verified backup")
+        else:
+            held = [d for d in b.covers if verified_covering.get(d) is b]
+            if held:
+                keep.append(f"newest verified backup covering {_dims(held)}")
         if b is newest_complete:
             keep.append("newest complete backup: pruning never leaves zero backups")
+        else:
+            held = [d for d in b.covers if newest_covering.get(d) is b]
+            if held:
+                keep.append(f"newest complete backup covering {_dims(held)}")
         if b.kind == "pre_migration" and timedelta(0) <= now_utc - started < young:
             keep.append(f"pre-migration backup younger than {_plural(policy.pre_migration_days, 'day')}")
         if keep:
-            decisions.append(Decision(b, True, tuple(keep)))
+            decisions.append(Decision(b, True, tuple(keep), covers))
             continue
         drop: list[str] = []
         if in_daily:
-            drop.append(f"superseded in daily slot {day.isoformat()} by {daily_owner[day].id}")
+            drop.append(f"superseded in daily slot {day.isoformat()} by {_superseded(b, daily_owner, day)}")
         if in_weekly:
-            drop.append(f"superseded in weekly slot {_iso_week(day)} by {weekly_owner[monday].id}")
+            drop.append(f"superseded in weekly slot {_iso_week(day)} by {_superseded(b, weekly_owner, monday)}")
         if not drop:
             drop.append(
                 f"outside retention: older than {policy.daily} daily and {policy.weekly} weekly slots"
             )
-        decisions.append(Decision(b, False, tuple(drop)))
+        decisions.append(Decision(b, False, tuple(drop), covers))
     return decisions
 
 

@@ -289,6 +289,10 @@ class ComposeRuntime(Runtime):
     def up(self, report: Reporter, *, build: bool = False, force_recreate: bool = False,
            pull: str = "missing", timeout: float = 300.0) -> None:
         """``docker compose up -d`` (idempotent), then wait until the data services are healthy."""
+        if self.env.protected:  # no placeholder or short secrets (compose/.env) in a protected environment
+            from stackops.secretcheck import refuse_weak_secrets
+
+            refuse_weak_secrets(self.env.name, self.config(), self.project_dir)
         self.env.uploads_dir.mkdir(parents=True, exist_ok=True)
         if "backup" in self.services():
             self.env.backups_dir.mkdir(parents=True, exist_ok=True)
