@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -75,8 +76,6 @@ def pipeline(cmds: list[Cmd], sink: IO[bytes] | None = None, on_chunk: Any = Non
     """Run ``cmds`` connected by OS pipes; stream the last one's stdout to ``sink`` (if given) calling
     ``on_chunk(chunk)`` for each block. Every process is checked; on any failure all are killed and
     CommandFailed names the first one that failed. Returns the bytes streamed."""
-    import tempfile
-
     procs: list[subprocess.Popen[bytes]] = []
     errs: list[IO[bytes]] = []
     total = 0

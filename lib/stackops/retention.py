@@ -37,19 +37,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from stackops import backupset
+from stackops.backupset import COVERS, KINDS
 from stackops.config import Retention, Settings
 from stackops.errors import BackupError
 from stackops.files import fsync_dir
 from stackops.lock import env_lock
 from stackops.report import Plan, Reporter
 
-KINDS = ("full", "db", "pre_migration")
 DIMENSIONS = ("database", "globals", "uploads")
-COVERS: dict[str, tuple[str, ...]] = {
-    "full": ("database", "globals", "uploads"),
-    "db": ("database", "globals"),
-    "pre_migration": ("database", "globals"),
-}
 
 
 @dataclass(frozen=True)
@@ -244,7 +239,8 @@ def prune_plan(settings: Settings, now: datetime | None = None) -> tuple[Plan, l
     doomed = [d for d in decisions if not d.keep]
     env = settings.env
     p = Plan(f"deleting {_plural(len(doomed), 'backup')} of {env.name} by retention", env.name, env.protected,
-             [f"delete {d.backup.id} ({d.backup.kind}): {'; '.join(d.reasons)}" for d in doomed],
+             [f"delete {d.backup.id} ({d.backup.kind}, covers {'+'.join(d.covers)}): {'; '.join(d.reasons)}"
+              for d in doomed],
              [f"backup {d.backup.id}" for d in doomed],
              nothing_to_do="" if doomed else "nothing to delete: every backup keeps a retention slot")
     return p, decisions

@@ -120,12 +120,14 @@ def prune(c, env=None, dry_run=False, yes=False, json=False):
         confirm(plan, yes)
         decisions = do_prune(s, report=reporter(), confirmed={d.backup.id for d in decisions if not d.keep})
     if json:
-        print_json([{"id": d.backup.id, "keep": d.keep, "reasons": list(d.reasons), "dry_run": dry_run}
+        print_json([{"id": d.backup.id, "kind": d.backup.kind, "covers": list(d.covers), "keep": d.keep,
+                     "reasons": list(d.reasons), "dry_run": dry_run}
                     for d in decisions])
         return
     verb = "would delete" if dry_run else "deleted"
-    print(table(["backup", "decision", "reasons"],
-                [[d.backup.id, "keep" if d.keep else verb, "; ".join(d.reasons)] for d in decisions]))
+    print(table(["backup", "covers", "decision", "reasons"],
+                [[d.backup.id, "+".join(d.covers), "keep" if d.keep else verb, "; ".join(d.reasons)]
+                 for d in decisions]))
 
 
 ns = Collection("backup")

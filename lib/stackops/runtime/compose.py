@@ -30,6 +30,7 @@ from stackops.proc import Cmd, run, spawn, which
 from stackops.report import Reporter
 from stackops.runtime.base import Runtime, ServiceStatus
 from stackops.runtime.docker import DOCKER_INSTALL, compose_argv, docker_client, image_missing_error
+from stackops.secretcheck import refuse_weak_secrets
 
 __all__ = ["ComposeRuntime", "compose_argv", "docker_client"]
 
@@ -290,8 +291,6 @@ class ComposeRuntime(Runtime):
            pull: str = "missing", timeout: float = 300.0) -> None:
         """``docker compose up -d`` (idempotent), then wait until the data services are healthy."""
         if self.env.protected:  # no placeholder or short secrets (compose/.env) in a protected environment
-            from stackops.secretcheck import refuse_weak_secrets
-
             refuse_weak_secrets(self.env.name, self.config(), self.project_dir)
         self.env.uploads_dir.mkdir(parents=True, exist_ok=True)
         if "backup" in self.services():
