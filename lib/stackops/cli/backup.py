@@ -1,4 +1,6 @@
-"""backup / backup.db / backup.list / backup.verify / backup.prune."""
+"""backup / backup.db / backup.list / backup.verify / backup.prune.
+
+Capabilities are imported inside the task bodies, to keep `invoke --list` fast (see stackops.cli)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""db.seed: test users and sample data for development (refused in a protected environment)."""
+"""db.seed: test users and sample data for development (refused in a protected environment).
+
+Capabilities are imported inside the task bodies, to keep `invoke --list` fast (see stackops.cli)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""env.up / env.down / env.status and doctor."""
+"""env.up / env.down / env.status and doctor.
+
+Capabilities are imported inside the task bodies, to keep `invoke --list` fast (see stackops.cli)."""
 
 from __future__ import annotations
 

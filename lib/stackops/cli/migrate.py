@@ -1,4 +1,6 @@
-"""migrate.create / status / apply / rollback / check: the guide's migration-workflow.sh."""
+"""migrate.create / status / apply / rollback / check: the guide's migration-workflow.sh.
+
+Capabilities are imported inside the task bodies, to keep `invoke --list` fast (see stackops.cli)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""restore (full) / restore.db / restore.previous / restore.drop-previous."""
+"""restore (full) / restore.db / restore.previous / restore.drop-previous.
+
+Capabilities are imported inside the task bodies, to keep `invoke --list` fast (see stackops.cli)."""
 
 from __future__ import annotations
 
