@@ -187,23 +187,32 @@ def _swap_uploads(settings: Settings, runtime: Runtime, staging: Path, report: R
     return str(previous) if previous else None
 
 
+def _source(settings: Settings, ref: str, uploads: bool) -> BackupSet | Path:
+    """The backup set ``ref`` names, or the guide-format dump file it is; refused when ``uploads`` are
+    asked of something that holds none."""
+    if is_plain_dump(ref):
+        if uploads:
+            raise BackupError(f"{ref} is a database-only dump: use `invoke restore.db {ref}`")
+        return Path(ref)
+    backup = find_backup(settings, ref)
+    if uploads and backup.file("uploads") is None:
+        raise BackupError(f"backup {backup.id} is a {backup.kind} backup without uploads: use "
+                          f"`invoke restore.db {backup.id}` or pick a full backup")
+    return backup
+
+
 def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter, uploads: bool = False,
                  newest_migration: str | None = None) -> Plan:
     """What a restore would do, after running every check it would run first (nothing is touched)."""
     env = settings.env
     live = env.db_name
-    if is_plain_dump(ref):
-        if uploads:
-            raise BackupError(f"{ref} is a database-only dump: use `invoke restore.db {ref}`")
-        _check_gzip(Path(ref))
+    found = _source(settings, ref, uploads)
+    if isinstance(found, Path):
+        _check_gzip(found)
         source = ref
     else:
-        backup = find_backup(settings, ref)
-        if uploads and backup.file("uploads") is None:
-            raise BackupError(f"backup {backup.id} is a {backup.kind} backup without uploads: use "
-                              f"`invoke restore.db {backup.id}` or pick a full backup")
-        preflight(settings, runtime, backup, report, newest_migration)
-        source = backup.id
+        preflight(settings, runtime, found, report, newest_migration)
+        source = found.id
     what = f"{live}{' and its uploads' if uploads else ''}"
     steps = [f"load {source} into a new database beside {live} and check its row counts",
              f"swap it in; keep the current {live} as {kept_prefix(live)}<timestamp>"]
@@ -222,14 +231,9 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
     started = time.monotonic()
     live = settings.env.db_name
     with env_lock(settings.env.backups_dir, "restore"):
-        if is_plain_dump(ref):
-            if uploads:
-                raise BackupError(f"{ref} is a database-only dump: use `invoke restore.db {ref}`")
-            return _restore_plain(settings, runtime, Path(ref), report, started)
-        backup = find_backup(settings, ref)
-        if uploads and backup.file("uploads") is None:
-            raise BackupError(f"backup {backup.id} is a {backup.kind} backup without uploads: use "
-                              f"`invoke restore.db {backup.id}` or pick a full backup")
+        backup = _source(settings, ref, uploads)
+        if isinstance(backup, Path):
+            return _restore_plain(settings, runtime, backup, report, started)
         preflight(settings, runtime, backup, report, newest_migration)
         target = side_name(live, "restore")
         pg.create_database(runtime, target)
