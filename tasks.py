@@ -17,6 +17,7 @@ if str(ROOT / "lib") not in sys.path:  # works before `pip install -e .` too
 
 from stackops.cli import ENV_HELP, guarded, reporter, runtime, settings  # noqa: E402
 from stackops.cli import backup as backup_tasks  # noqa: E402
+from stackops.cli import check as check_tasks  # noqa: E402
 from stackops.cli import db as db_tasks  # noqa: E402
 from stackops.cli import env as env_tasks  # noqa: E402
 from stackops.cli import images as images_tasks  # noqa: E402
@@ -59,6 +60,7 @@ def demo(c, env=None):
 ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
+ns.add_task(check_tasks.check)
 for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, images_tasks):
     ns.add_collection(sub.ns)
 ns.configure({"stackops_root": str(ROOT)})
