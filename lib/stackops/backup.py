@@ -3,7 +3,14 @@ uploads frozen at the same instant, written as a set (see ``stackops.backupset``
 
 The database is ``pg_dump --format=custom --compress=0 --snapshot=...`` streamed through the
 compressor while a second reader counts every table's rows in the same snapshot; the uploads are
-hard-linked while that snapshot is held, then archived.
+hard-linked while that snapshot is held, each linked file hashed at once (the manifest records every
+upload's size and sha256 as of the snapshot), then archived.
+
+A hard link shares its inode with the upload, so an in-place rewrite after the snapshot would reach
+the archive. Two guards: a file that changes while it is hashed gets a private copy; and the archive
+is written here (Python's tarfile), hashing each file's bytes as they go in, so a file rewritten
+after it was hashed is caught and the backup refused (one line, nothing kept) rather than archived
+with bytes its rows never saw. Copying every upload would close the window too, at twice the disk.
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +35,43 @@ from stackops import __version__, backupset, pg
 from stackops.backupset import BackupSet, compressor
 from stackops.config import Settings
 from stackops.errors import BackupError, CommandFailed, StorageFull
+from stackops.files import sha256_file
 from stackops.lock import env_lock
-from stackops.proc import Cmd, pipeline
+from stackops.proc import Cmd, pipeline, spawn
 from stackops.report import Reporter, human_bytes
 from stackops.runtime.base import Runtime
 
 
-def _link_tree(src: Path, dst: Path) -> tuple[int, int]:
-    """Hard-link every file of ``src`` under ``dst`` (copy across filesystems): a frozen view of the
-    uploads at this instant. Returns (files, bytes)."""
-    files = total = 0
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _freeze_file(source: Path, target: Path) -> dict[str, Any] | None:
+    """Hard-link ``source`` at ``target`` (copy across filesystems) and hash the linked bytes: the
+    upload as of the snapshot. A file that changes while it is hashed is being written: it gets a
+    private copy instead, hashed again. None when it vanished before it could be linked."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        return None  # deleted between listing and linking: it is not part of this instant
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(source, target)
+    before = os.stat(target)
+    digest = sha256_file(target)
+    if _identity(os.stat(target)) != _identity(before):
+        target.unlink()
+        shutil.copy2(source, target)  # private bytes: a later rewrite of the upload cannot reach them
+        digest = sha256_file(target)
+    return {"size": os.stat(target).st_size, "sha256": digest}
+
+
+def _link_tree(src: Path, dst: Path, report: Reporter) -> dict[str, dict[str, Any]]:
+    """A frozen view of the uploads at this instant under ``dst``: every regular file hard-linked
+    (or copied, see ``_freeze_file``), symlinks recreated, anything else (FIFOs, devices, sockets)
+    left out with a warning. Returns each file's size and sha256 by its path relative to ``src``."""
+    entries: dict[str, dict[str, Any]] = {}
     dst.mkdir(mode=0o700)
     shutil.copymode(src, dst)  # the archive keeps the folders' own modes
     for dirpath, dirnames, filenames in os.walk(src):
@@ -43,20 +81,90 @@ def _link_tree(src: Path, dst: Path) -> tuple[int, int]:
             shutil.copymode(Path(dirpath) / dirname, dst / rel / dirname)
         for name in filenames:
             source, target = Path(dirpath) / name, dst / rel / name
-            if source.is_symlink():
-                os.symlink(os.readlink(source), target)
-                continue
             try:
-                os.link(source, target)
+                mode = os.lstat(source).st_mode
             except FileNotFoundError:
-                continue  # deleted between listing and linking: it is not part of this instant
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copy2(source, target)
-            files += 1
-            total += target.stat().st_size
-    return files, total
+                continue
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(source), target)
+            elif not stat.S_ISREG(mode):
+                report.warn(f"left out {rel / name} of the uploads: not a regular file, folder or link")
+            elif (entry := _freeze_file(source, target)) is not None:
+                entries[(rel / name).as_posix()] = entry
+    return entries
+
+
+class _HashingReader:
+    """Reads a file for tarfile while hashing exactly what goes into the archive."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Add ``root/rel`` and below in name order (like ``tar --sort=name --numeric-owner``); every
+    regular file's archived bytes must hash to what was recorded when it was frozen."""
+    path = root / rel
+    info = tar.gettarinfo(str(path), arcname="." if rel == Path(".") else f"./{rel.as_posix()}")
+    info.uname = info.gname = ""
+    if info.isdir():
+        tar.addfile(info)
+        for child in sorted(os.listdir(path)):
+            _add_tree(tar, root, rel / child, entries)
+        return
+    if info.issym():
+        tar.addfile(info)
+        return
+    key = rel.as_posix()
+    expected = entries[key]
+    info.type, info.linkname, info.size = tarfile.REGTYPE, "", int(expected["size"])  # never a hard-link member
+    with path.open("rb") as f:
+        reader = _HashingReader(f)
+        try:
+            tar.addfile(info, reader)
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            reader.h.update(b"\0short")  # tarfile: "unexpected end of data" (the file was truncated)
+    if reader.h.hexdigest() != expected["sha256"]:
+        raise BackupError(f"upload {key} was rewritten in place after the snapshot, so the backup cannot hold "
+                          "the bytes its rows refer to; nothing was kept: take the backup again")
+
+
+def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path, comp_argv: list[str],
+                     report: Reporter) -> dict[str, Any]:
+    """The frozen uploads as one tar stream (written here, hashed file by file) through the compressor."""
+    started = time.monotonic()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err:
+        proc = spawn(Cmd(comp_argv), stdin=subprocess.PIPE, stdout=out, stderr=err)
+        assert proc.stdin is not None
+        try:
+            try:
+                with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                    _add_tree(tar, snap, Path("."), entries)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the compressor stopped: its exit status and error output say why
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if code != 0:
+            err.seek(0)
+            raise CommandFailed(comp_argv, code, err.read().decode(errors="replace"))
+        out.flush()
+        os.fsync(out.fileno())
+    size = dest.stat().st_size
+    report.progress("uploads", size, started, final=True)
+    return {"size": size, "sha256": sha256_file(dest)}
 
 
 def _stream(cmds: list[Cmd], dest: Path, report: Reporter, label: str) -> dict[str, Any]:
@@ -160,13 +268,16 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         snapshot = pg.export_snapshot(conn)
         report.step(f"{kind} backup {backup_id} of {env.name}/{env.db_name} (snapshot {snapshot})")
         snap_uploads = tmp / "uploads.snapshot"
+        entries: dict[str, dict[str, Any]] = {}
         if kind == "full":
             if env.uploads_dir.is_dir():
-                n, size = _link_tree(env.uploads_dir, snap_uploads)
+                entries = _link_tree(env.uploads_dir, snap_uploads, report)
             else:
                 snap_uploads.mkdir(mode=0o700)
-                n, size = 0, 0
-            uploads_info = {"files": n, "bytes": size}
+            n, size = len(entries), sum(int(e["size"]) for e in entries.values())
+            # every file's size and sha256 at the snapshot: the archive is checked against them as it is
+            # written, and backup.verify checks it again
+            uploads_info = {"files": n, "bytes": size, "entries": entries}
             report.info(f"froze the uploads folder at the snapshot: {n} files, {size} bytes")
         dump_name = f"database.dump{ext}"
         wait = settings.backup.lock_wait_timeout
@@ -190,9 +301,8 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
     globals_cmd = runtime.pg_cmd("pg_dumpall").with_args("--globals-only", "--no-role-passwords")
     files["globals.sql"] = {"role": "globals", **_stream([globals_cmd], tmp / "globals.sql", report, "globals")}
     if kind == "full":
-        tar = Cmd(["tar", "-C", str(snap_uploads), "--sort=name", "--numeric-owner", "-cf", "-", "."])
         name = f"uploads.tar{ext}"
-        files[name] = {"role": "uploads", **_stream([tar, Cmd(comp_argv)], tmp / name, report, "uploads")}
+        files[name] = {"role": "uploads", **_archive_uploads(snap_uploads, entries, tmp / name, comp_argv, report)}
         shutil.rmtree(snap_uploads)
     return {
         "format": backupset.FORMAT,
