@@ -228,7 +228,11 @@ def write_verification(folder: Path, result: dict[str, Any]) -> None:
 def scan(settings: Settings) -> tuple[list[BackupSet], list[Damaged]]:
     """Complete backups (newest first) and damaged ones (never silently left out). Folders in
     progress (``.tmp-*``) and other dot-folders are neither."""
-    folder = settings.env.backups_dir
+    return scan_folder(settings.env.backups_dir)
+
+
+def scan_folder(folder: Path) -> tuple[list[BackupSet], list[Damaged]]:
+    """``scan`` of a backups folder given by path (the backup service's health check has no Settings)."""
     if not folder.is_dir():
         return [], []
     sets: list[BackupSet] = []
@@ -241,6 +245,16 @@ def scan(settings: Settings) -> tuple[list[BackupSet], list[Damaged]]:
         except BackupCorrupt as exc:
             damaged.append(Damaged(child.name, child, str(exc)))
     return sorted(sets, key=lambda b: b.started_at, reverse=True), sorted(damaged, key=lambda d: d.id, reverse=True)
+
+
+def newest_verified(folder: Path, now: datetime | None = None) -> BackupSet | None:
+    """The newest backup in ``folder`` whose last verification passed (not one dated in the future),
+    whoever took it: the backup service or an operator."""
+    moment = now or datetime.now(UTC)
+    for b in scan_folder(folder)[0]:
+        if b.started_at <= moment and b.verification and b.verification.get("ok") is True:
+            return b
+    return None
 
 
 def list_backups(settings: Settings) -> list[BackupSet]:
