@@ -38,7 +38,7 @@ def tests(session: nox.Session) -> None:
     # redis-server and zstd: installed with apt when missing and root, else the exact command is printed
     session.run("python", "-c", "from stackops.prereq import ensure_programs; from stackops.report import "
                 "Reporter; ensure_programs(['redis-server', 'zstd'], Reporter())")
-    session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
+    session.run("pytest", "tests/unit", "tests/integration", "tests/faults", *session.posargs)
 
 
 @nox.session(python=PYTHON)

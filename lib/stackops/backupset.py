@@ -17,6 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +29,9 @@ from typing import Any
 
 from stackops.config import Settings
 from stackops.errors import BackupCorrupt, BackupError, BackupNotFound, PrerequisiteError
-from stackops.files import atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
-from stackops.proc import Cmd
-from stackops.report import Reporter
+from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
+from stackops.proc import Cmd, spawn
+from stackops.report import Check, Reporter
 
 FORMAT = "stackops-backup/1"
 MANIFEST = "manifest.json"
@@ -146,6 +149,65 @@ def check_files(backup: BackupSet, report: Reporter | None = None) -> None:
         report.info(f"checked {len(backup.manifest['files'])} files of {backup.id}: sizes and sha256 match")
 
 
+def check_uploads(backup: BackupSet) -> Check | None:
+    """Every file in the uploads archive against the manifest's per-file size and sha256 (recorded at
+    the snapshot): the tar is streamed from the decompressor, nothing is extracted. None for a backup
+    without uploads."""
+    path = backup.file("uploads")
+    if path is None:
+        return None
+    name = "uploads archive"
+    entries = (backup.manifest.get("uploads") or {}).get("entries")
+    if entries is None:
+        return Check(name, True, "no per-file checksums in this backup's manifest (an older stackops): "
+                                 "only the archive's own sha256 was checked")
+    seen: dict[str, tuple[int, str]] = {}
+    odd: list[str] = []
+    with tempfile.TemporaryFile() as err:
+        proc = spawn(decompressor(backup.compression, path), stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        unreadable: str | None = None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    key = member.name.removeprefix("./")
+                    if member.isfile():
+                        f = tar.extractfile(member)
+                        assert f is not None
+                        h = hashlib.sha256()
+                        while chunk := f.read(CHUNK):
+                            h.update(chunk)
+                        seen[key] = (member.size, h.hexdigest())
+                    elif not (member.isdir() or member.issym()):
+                        odd.append(key)
+        except tarfile.TarError as exc:
+            unreadable = f"the uploads archive cannot be read as tar ({exc})"
+        except BaseException:
+            proc.kill()  # do not leave the decompressor behind
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        code = proc.wait()  # -13: it was still writing the end-of-archive padding when the reader stopped
+        if code not in (0, -13):
+            err.seek(0)
+            tail = (err.read().decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
+            return Check(name, False, f"the uploads archive cannot be decompressed ({tail})")
+        if unreadable is not None:
+            return Check(name, False, unreadable)
+    differ = sorted(k for k in seen.keys() & entries.keys()
+                    if seen[k] != (int(entries[k]["size"]), entries[k]["sha256"]))
+    missing = sorted(entries.keys() - seen.keys())
+    extra = sorted((seen.keys() - entries.keys()) | set(odd))
+    problems = [f"{label}: {', '.join(items[:5])}{' and more' if len(items) > 5 else ''}"
+                for label, items in (("other bytes than the manifest", differ), ("missing", missing),
+                                     ("not in the manifest", extra)) if items]
+    if problems:
+        return Check(name, False, f"uploads archive files differ from the manifest's sha256 at the snapshot: "
+                                  f"{'; '.join(problems)}", "take a new full backup; do not restore this one's uploads")
+    return Check(name, True, f"{len(seen)} upload files match the manifest's sha256")
+
+
 def open_set(folder: Path) -> BackupSet:
     manifest = read_manifest(folder)
     verification = None
@@ -166,7 +228,11 @@ def write_verification(folder: Path, result: dict[str, Any]) -> None:
 def scan(settings: Settings) -> tuple[list[BackupSet], list[Damaged]]:
     """Complete backups (newest first) and damaged ones (never silently left out). Folders in
     progress (``.tmp-*``) and other dot-folders are neither."""
-    folder = settings.env.backups_dir
+    return scan_folder(settings.env.backups_dir)
+
+
+def scan_folder(folder: Path) -> tuple[list[BackupSet], list[Damaged]]:
+    """``scan`` of a backups folder given by path (the backup service's health check has no Settings)."""
     if not folder.is_dir():
         return [], []
     sets: list[BackupSet] = []
@@ -179,6 +245,16 @@ def scan(settings: Settings) -> tuple[list[BackupSet], list[Damaged]]:
         except BackupCorrupt as exc:
             damaged.append(Damaged(child.name, child, str(exc)))
     return sorted(sets, key=lambda b: b.started_at, reverse=True), sorted(damaged, key=lambda d: d.id, reverse=True)
+
+
+def newest_verified(folder: Path, now: datetime | None = None) -> BackupSet | None:
+    """The newest backup in ``folder`` whose last verification passed (not one dated in the future),
+    whoever took it: the backup service or an operator."""
+    moment = now or datetime.now(UTC)
+    for b in scan_folder(folder)[0]:
+        if b.started_at <= moment and b.verification and b.verification.get("ok") is True:
+            return b
+    return None
 
 
 def list_backups(settings: Settings) -> list[BackupSet]:

@@ -75,6 +75,11 @@ class MigrationSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    lock_wait_timeout: str  # pg_dump --lock-wait-timeout, and the lock_timeout of the row-count reader
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated configuration for the environment a task was asked to work on."""
 
@@ -84,6 +89,7 @@ class Settings:
     retention: Retention
     migrations: MigrationSettings
     pg_bindir: Path | None
+    backup: BackupSettings = BackupSettings("60s")
 
 
 def _key(env: str | None, *parts: str) -> str:
@@ -225,6 +231,13 @@ def load(raw_config: Any, env_name: str | None, root: Path) -> Settings:
                 f"config key stackops.migrations.{key} has bad value {value!r}: "
                 "accepted values are a number with unit ms, s or min (e.g. 5s)"
             )
+    bak = raw.get("backup") or {}
+    lock_wait = str(bak.get("lock_wait_timeout", "60s")).strip()
+    if not _DURATION.match(lock_wait) or not re.search(r"[1-9]", lock_wait):
+        raise ConfigError(
+            f"config key stackops.backup.lock_wait_timeout has bad value {lock_wait!r}: accepted values are "
+            "a number above 0 with unit ms, s or min (e.g. 60s); a backup must not wait for a lock without limit"
+        )
     bindir = str(raw.get("pg_bindir") or "")
     return Settings(
         root=root,
@@ -244,4 +257,5 @@ def load(raw_config: Any, env_name: str | None, root: Path) -> Settings:
                                    0, 86400),
         ),
         pg_bindir=_path(root, bindir) if bindir else None,
+        backup=BackupSettings(lock_wait_timeout=lock_wait),
     )

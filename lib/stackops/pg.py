@@ -113,6 +113,19 @@ def export_snapshot(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
+def limit_lock_waits(conn: psycopg.Connection[Any], timeout: str) -> None:
+    """For the rest of ``conn``'s open transaction, wait at most ``timeout`` (e.g. ``60s``) for a lock."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+
+
+def cancel(conn: psycopg.Connection[Any]) -> None:
+    """Cancel the statement ``conn`` is running (callable from another thread); quiet if it is gone."""
+    try:
+        conn.cancel()
+    except psycopg.Error:
+        pass
+
+
 # ----- tables ------------------------------------------------------------------------------------
 def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     """(schema, table) of every ordinary user table, sorted."""

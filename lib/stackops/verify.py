@@ -44,16 +44,18 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
         ok, detail = True, ""
         try:
             preflight(settings, runtime, backup, report)
+            uploads = backupset.check_uploads(backup)  # every archived upload against its sha256
             pg.create_database(runtime, scratch)
             load_archive(runtime, backup, scratch, report)
             counts = compare_counts(runtime, scratch, backup.manifest["row_counts"])
             with pg.connect(runtime, scratch, autocommit=True) as conn:
                 checks = [pg.invalid_indexes(conn), pg.amcheck(conn)]
-            failed = [c for c in checks if not c.ok]
+            failed = [c for c in [*checks, uploads] if c is not None and not c.ok]
             if failed:
                 ok, detail = False, "; ".join(f"{c.name}: {c.detail}" for c in failed)
             else:
-                detail = f"{len(counts)} tables match the manifest's row counts; {checks[1].detail}"
+                detail = f"{len(counts)} tables match the manifest's row counts; {checks[1].detail}" + \
+                    (f"; {uploads.detail}" if uploads is not None else "")
         except (StackopsError, pg.Error) as exc:
             ok, detail = False, pg.first_line(exc)
         finally:

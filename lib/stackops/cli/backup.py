@@ -53,25 +53,30 @@ def db(c, env=None, json=False):
 @task(name="list", help={"env": ENV_HELP, "json": JSON_HELP})
 @guarded
 def list_(c, env=None, json=False):
-    """List complete backups, newest first, with their last verification."""
-    from stackops.backupset import list_backups
+    """List backups, newest first, with their last verification; damaged ones too, marked, with why."""
+    from stackops.backupset import scan
 
     s = settings(c, env)
     if json:
+        sets, damaged = scan(s)
         print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
                      "duration_s": b.manifest["duration_s"], "size": b.size,
-                     "migration_head": b.manifest.get("migration_head"), "verification": b.verification}
-                    for b in list_backups(s)])
+                     "migration_head": b.manifest.get("migration_head"), "verification": b.verification,
+                     "damaged": False, "reason": None}
+                    for b in sets]
+                   + [{"id": d.id, "kind": None, "path": d.path, "started_at": None, "duration_s": None,
+                       "size": None, "migration_head": None, "verification": None, "damaged": True,
+                       "reason": d.reason} for d in damaged])
         return
     print_list(s)
 
 
 def print_list(s: Any) -> None:
-    from stackops.backupset import list_backups
+    from stackops.backupset import scan
     from stackops.report import human_bytes
 
-    sets = list_backups(s)
-    if not sets:
+    sets, damaged = scan(s)
+    if not sets and not damaged:
         print(f"no backups in {s.env.backups_dir}")
         return
     rows = []
@@ -81,6 +86,7 @@ def print_list(s: Any) -> None:
                                          f"({v['restore_seconds']}s)"
         rows.append([b.id, b.kind, b.manifest["started_at"][:19], f"{b.manifest['duration_s']}s",
                      human_bytes(b.size), b.manifest.get("migration_head") or "-", verified])
+    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", f"unusable: {d.reason}"] for d in damaged]
     print(table(["backup", "kind", "started (UTC)", "took", "size", "migration", "verified"], rows))
 
 
@@ -89,13 +95,15 @@ def print_list(s: Any) -> None:
 @guarded
 def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     """Restore into a scratch database, compare with the manifest, record the result."""
-    from stackops.backupset import list_backups
+    from stackops.backupset import scan
     from stackops.verify import verify_backup
 
     s = settings(c, env)
     report = reporter()
     rt = runtime(s, report)
-    refs = [b.id for b in list_backups(s)] if all else [backup or "latest"]
+    sets, damaged = scan(s)
+    # --all: the damaged ones too (each is recorded and reported as FAILED)
+    refs = [b.id for b in sets] + [d.id for d in damaged] if all else [backup or "latest"]
     if latest:
         refs = ["latest"]
     results = [verify_backup(s, rt, ref, report=report) for ref in refs]

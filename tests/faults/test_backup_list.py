@@ -1,0 +1,70 @@
+"""Issue 9, item 13: a backup with a damaged manifest is shown by `backup.list` (table and --json) as
+damaged with the reason, `backup.verify --all` reports it and fails, and `latest` never picks a backup
+dated in the future."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from stackops.backup import create_backup
+from stackops.backupset import MANIFEST, latest, read_manifest, seal
+from stackops.errors import VerifyFailed
+from stackops.report import NullReporter
+from tests.conftest import Fresh
+from tests.faults.backup_helpers import fingerprint, listed, one_line, populate, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _two_backups(fresh: Fresh) -> tuple[str, str]:
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    good = create_backup(fresh.settings, fresh.runtime, kind="db", report=NullReporter(), now=lambda: t0)
+    bad = create_backup(fresh.settings, fresh.runtime, kind="db", report=NullReporter(),
+                        now=lambda: t0 + timedelta(hours=1))
+    manifest = json.loads((bad.path / MANIFEST).read_text())
+    manifest["row_counts"]["public.users"] = 0  # edited after sealing: its checksum no longer matches
+    (bad.path / MANIFEST).write_text(json.dumps(manifest))
+    return good.id, bad.id
+
+
+def test_damaged_backup_is_listed_as_damaged_and_verify_all_fails(fresh: Fresh) -> None:
+    populate(fresh)
+    good, bad = _two_backups(fresh)
+    before = fingerprint(fresh)
+    assert listed(fresh.settings) == [good]  # never shown as complete
+
+    shown = run_cli(fresh.settings, "backup.list")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith(bad))
+    assert "DAMAGED" in row and "was modified after the backup was written" in row
+    rows = {r["id"]: r for r in json.loads(run_cli(fresh.settings, "backup.list", "--json").stdout)}
+    assert rows[good]["damaged"] is False and rows[good]["reason"] is None
+    assert rows[bad]["damaged"] is True and "checksum does not match" in rows[bad]["reason"]
+
+    proc = run_cli(fresh.settings, "backup.verify", "--all")
+    line = one_line(proc, VerifyFailed.exit_code)
+    assert bad in line and good not in line
+    table = proc.stdout
+    assert any(ln.startswith(good) and " ok " in ln for ln in table.splitlines()), table
+    assert any(ln.startswith(bad) and "FAILED" in ln for ln in table.splitlines()), table
+    assert fingerprint(fresh) == before
+    assert listed(fresh.settings) == [good]
+
+
+def test_latest_skips_a_backup_dated_in_the_future(fresh: Fresh) -> None:
+    populate(fresh)
+    now = datetime.now(UTC)
+    past = create_backup(fresh.settings, fresh.runtime, kind="db", report=NullReporter(),
+                         now=lambda: now - timedelta(hours=1))
+    future_id = "db_29990101T000000Z"
+    shutil.copytree(past.path, past.path.parent / future_id)
+    manifest = read_manifest(past.path)
+    manifest.update(id=future_id, started_at=(now + timedelta(days=3)).isoformat())
+    (past.path.parent / future_id / MANIFEST).write_text(json.dumps(seal(manifest)))
+    assert listed(fresh.settings) == [future_id, past.id]  # listed, newest first ...
+    assert latest(fresh.settings).id == past.id  # ... but never "latest"
+    assert latest(fresh.settings, now + timedelta(days=4)).id == future_id
