@@ -107,6 +107,8 @@ def confirm(plan: Plan, yes: bool) -> None:
     accepted = {plan.env} if plan.protected else {plan.env, "yes"}
     typed = "the environment's name" if plan.protected else "the environment's name or yes"
     if not sys.stdin.isatty():
+        if plan.always_confirm:  # what would be confirmed is shown all the same
+            _show(plan, sys.stderr)
         raise ProtectedEnvironment(
             f"{plan.action} {where} needs confirmation: pass --yes (look at the plan first with --dry-run), "
             f"or run it at a terminal and type {typed}"
