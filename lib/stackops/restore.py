@@ -115,12 +115,25 @@ def check_plain_dump(path: Path) -> None:
                             "is missing (pg_dump stopped mid-dump); nothing was touched")
 
 
-def _create_side(runtime: Runtime, name: str) -> None:
+def _free_name(conn: pg.Connection[Any], db: str, tag: str) -> str:
+    """A side name no database has now (the random suffix makes a repeat rare; this makes it impossible)."""
+    for n in range(100):
+        name = side_name(db, tag) if n == 0 else f"{side_name(db, tag)[:-4]}{n:04x}"
+        if not pg.database_exists(conn, name):
+            return name
+    raise RestoreError(f"no free side name beside {db}: drop old copies (`invoke restore.previous`)")
+
+
+def _create_side(runtime: Runtime, live: str) -> str:
+    """Create the empty database a restore loads into; its name."""
+    with pg.admin(runtime) as conn:
+        name = _free_name(conn, live, "restore")
     try:
         pg.create_database(runtime, name)
     except pg.errors.DuplicateDatabase:
         raise RestoreError(f"database {name} already exists (another restore or verify started at the same "
                            "moment?); nothing was touched: retry") from None
+    return name
 
 
 def _note(notes: list[str], what: str, fn: Any, *args: Any) -> None:
@@ -223,6 +236,9 @@ def _swap_database(settings: Settings, runtime: Runtime, state: dict[str, Any], 
                 pg.rename_database(conn, new, live)
                 state["previous"] = None
                 return
+            if pg.database_exists(conn, previous):
+                previous = state["previous"] = _free_name(conn, live, PRE_RESTORE.strip("_"))
+                journal.write(settings, state)
             pg.allow_connections(conn, live, False)
             for attempt in range(20):
                 pg.terminate_sessions(conn, live)
@@ -428,8 +444,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
             preflight(settings, runtime, backup, report, newest_migration)
             _preflight_swap(runtime, live)
             u = _uploads_plan(settings) if uploads else None
-            target = side_name(live, "restore")
-            _create_side(runtime, target)
+            target = _create_side(runtime, live)
         except pg.Error as exc:
             raise RestoreError(f"the database server failed before anything was touched ({pg.first_line(exc)})") \
                 from None
@@ -470,8 +485,7 @@ def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Rep
     check_plain_dump(path)
     live = settings.env.db_name
     _preflight_swap(runtime, live)
-    target = side_name(live, "restore")
-    _create_side(runtime, target)
+    target = _create_side(runtime, live)
     try:
         report.step(f"loading plain SQL dump {path.name} into {target}")
         psql = runtime.pg_cmd("psql").with_args("-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
