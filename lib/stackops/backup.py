@@ -36,6 +36,7 @@ from stackops.backupset import BackupSet, compressor
 from stackops.config import Settings
 from stackops.errors import BackupError, CommandFailed, StorageFull
 from stackops.files import sha256_file
+from stackops.journal import OURS
 from stackops.lock import env_lock
 from stackops.proc import Cmd, pipeline, spawn
 from stackops.report import Reporter, human_bytes
@@ -76,6 +77,8 @@ def _link_tree(src: Path, dst: Path, report: Reporter) -> dict[str, dict[str, An
     shutil.copymode(src, dst)  # the archive keeps the folders' own modes
     for dirpath, dirnames, filenames in os.walk(src):
         rel = Path(dirpath).relative_to(src)
+        if rel == Path("."):  # a restore's staging and kept copy inside a mount-point uploads folder
+            dirnames[:] = [d for d in dirnames if not d.startswith(OURS)]
         for dirname in dirnames:
             (dst / rel / dirname).mkdir(mode=0o700, exist_ok=True)
             shutil.copymode(Path(dirpath) / dirname, dst / rel / dirname)

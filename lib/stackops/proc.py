@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -62,11 +63,24 @@ def text(cmd: Cmd, **kwargs: Any) -> str:
     return run(cmd, **kwargs).stdout.decode(errors="replace").strip()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGKILL when stackops dies (kill -9 included), so a
+    streaming pg_restore or pg_dump never outlives the process that reads or feeds it (Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def spawn(cmd: Cmd, *, stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
           stderr: int | IO[Any] | None = subprocess.PIPE) -> subprocess.Popen[bytes]:
     """Start without waiting, for streaming pipelines (pg_dump | zstd > file)."""
     try:
-        return subprocess.Popen(cmd.argv, stdin=stdin, stdout=stdout, stderr=stderr, **cmd._kwargs())
+        return subprocess.Popen(cmd.argv, stdin=stdin, stdout=stdout, stderr=stderr, preexec_fn=_die_with_parent,
+                                **cmd._kwargs())
     except FileNotFoundError as exc:
         raise PrerequisiteError(f"{cmd.argv[0]} not found: {exc.strerror}") from exc
 

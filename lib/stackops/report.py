@@ -31,6 +31,7 @@ class Plan:
     destroys: list[str] = field(default_factory=list)  # what is deleted or replaced (kept copies say so)
     warnings: list[str] = field(default_factory=list)
     nothing_to_do: str = ""            # non-empty: there is nothing to act on, and this says why
+    always_confirm: bool = False       # confirm even where the environment is not protected (e.g. no manifest)
 
 
 def human_bytes(n: float) -> str:

@@ -6,28 +6,58 @@ has loaded and matched the manifest's row counts. The database that was live is 
 
 ``preflight``, ``load_archive`` and ``compare_counts`` are also what ``verify`` runs into its
 scratch database. ``restore_plan`` returns the plan the cli confirms; ``restore_database`` acts.
+
+Every step that can refuse runs before the first swap (permissions, a mount-point uploads folder,
+which is then swapped by moving its contents). The swap is journaled (``stackops.journal``): a
+crash is completed or undone by the next stackops command, and an uploads swap that fails undoes
+the database swap, so rows and files change together. Upload archives are unpacked with Python's
+tarfile and its ``data`` filter (no ``..``, absolute names, links out, devices or FIFOs).
 """
 
 from __future__ import annotations
 
+import errno
+import gzip
 import os
+import re
 import secrets
 import shutil
+import subprocess
+import tarfile
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stackops import pg
+from stackops import journal, pg
 from stackops.backupset import BackupSet, check_files, decompressor, find_backup
 from stackops.config import Settings
-from stackops.errors import BackupCorrupt, BackupError, BackupNotFound, CommandFailed, RestoreError, VersionMismatch
+from stackops.errors import (
+    BackupCorrupt,
+    BackupError,
+    BackupNotFound,
+    CommandFailed,
+    DatabaseUnavailable,
+    LockBusy,
+    RestoreError,
+    ServiceError,
+    StackopsError,
+    StorageFull,
+    VersionMismatch,
+)
+from stackops.files import CHUNK
+from stackops.journal import uploads_forward
 from stackops.lock import env_lock
-from stackops.proc import Cmd, pipeline, run
-from stackops.report import Plan, Reporter
+from stackops.proc import Cmd, pipeline, run, spawn
+from stackops.report import Plan, Reporter, human_bytes
 from stackops.runtime.base import Runtime
 
+DUMP_TRAILER = b"-- PostgreSQL database dump complete"
+TAIL = 4096  # pg_dump >= 15.14 writes a \unrestrict line after the trailer
+SIDE_TAGS = ("restore", "verify")
 PRE_RESTORE = "_pre_restore_"
 NAME_ROOM = 30  # side names: 30 + "_pre_restore_" + 14-digit time + "_" + 4 hex = 62 < 63 (PostgreSQL's limit)
 
@@ -56,15 +86,66 @@ def kept_prefix(db: str) -> str:
     return f"{db[:NAME_ROOM]}{PRE_RESTORE}"
 
 
+def side_prefixes(db: str) -> tuple[str, ...]:
+    """Prefixes of the scratch databases a restore or verify loads into (left behind only when killed)."""
+    return tuple(f"{db[:NAME_ROOM]}_{tag}_" for tag in SIDE_TAGS)
+
+
 def is_plain_dump(ref: str) -> bool:
     """The guide's ``database_backup_*.sql.gz``: an explicitly given file, read and never written."""
     return ref.endswith(".sql.gz") and Path(ref).is_file()
 
 
-def _check_gzip(path: Path) -> None:
-    """A guide-format ``*.sql.gz`` must be a whole gzip stream before anything is touched."""
-    if run(Cmd(["gzip", "-t", str(path)]), check=False).returncode != 0:
-        raise BackupCorrupt(f"{path} is not a valid gzip file (truncated or damaged); nothing was touched")
+def check_plain_dump(path: Path) -> None:
+    """A guide-format ``*.sql.gz`` must be a whole gzip stream holding a whole pg_dump: not empty, and
+    ending with pg_dump's completion trailer (``pg_dump | gzip`` leaves a valid gzip stream even when
+    pg_dump died mid-dump). Checked before anything is created or touched."""
+    tail, total = b"", 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                total += len(chunk)
+                tail = (tail + chunk)[-TAIL:]
+    except (OSError, EOFError, zlib.error):
+        raise BackupCorrupt(f"{path} is not a valid gzip file (truncated or damaged); nothing was touched") from None
+    if not tail.strip():
+        raise BackupCorrupt(f"{path} holds an empty SQL stream (pg_dump wrote nothing); nothing was touched")
+    if DUMP_TRAILER not in tail:
+        raise BackupCorrupt(f"{path} is an incomplete dump: pg_dump's completion line {DUMP_TRAILER.decode()!r} "
+                            "is missing (pg_dump stopped mid-dump); nothing was touched")
+
+
+def _free_name(conn: pg.Connection[Any], db: str, tag: str) -> str:
+    """A side name no database has now (the random suffix makes a repeat rare; this makes it impossible)."""
+    for n in range(100):
+        name = side_name(db, tag) if n == 0 else f"{side_name(db, tag)[:-4]}{n:04x}"
+        if not pg.database_exists(conn, name):
+            return name
+    raise RestoreError(f"no free side name beside {db}: drop old copies (`invoke restore.previous`)")
+
+
+def _create_side(runtime: Runtime, live: str) -> str:
+    """Create the empty database a restore loads into; its name."""
+    with pg.admin(runtime) as conn:
+        name = _free_name(conn, live, "restore")
+    try:
+        pg.create_database(runtime, name)
+    except pg.errors.DuplicateDatabase:
+        raise RestoreError(f"database {name} already exists (another restore or verify started at the same "
+                           "moment?); nothing was touched: retry") from None
+    return name
+
+
+def _note(notes: list[str], what: str, fn: Any, *args: Any) -> None:
+    """Run a cleanup step; its failure becomes a note in the message instead of replacing the real error."""
+    try:
+        fn(*args)
+    except (StackopsError, pg.Error, OSError) as exc:
+        notes.append(f"{what} failed too ({pg.first_line(exc)})")
+
+
+def _noted(message: str, notes: list[str]) -> str:
+    return message + (f"; note: {'; '.join(notes)}" if notes else "")
 
 
 def preflight(settings: Settings, runtime: Runtime, backup: BackupSet, report: Reporter,
@@ -119,15 +200,46 @@ def compare_counts(runtime: Runtime, db: str, expected: dict[str, int]) -> dict[
     return got
 
 
-def _swap_database(runtime: Runtime, live: str, new: str, report: Reporter) -> str | None:
-    """Rename live -> live_pre_restore_<ts> and new -> live in one transaction."""
-    previous = side_name(live, PRE_RESTORE.strip("_"))
+def changed_since_backup(runtime: Runtime, db: str, expected: dict[str, int]) -> list[str]:
+    """Tables of ``db`` whose row counts differ from a backup's manifest (new and missing tables too)."""
+    try:
+        with pg.connect(runtime, db) as conn:
+            got = pg.table_counts(conn)
+    except pg.Error as exc:
+        raise RestoreError(f"cannot count the rows of {db} ({pg.first_line(exc)})") from None
+    out = [f"{t} ({got[t]} rows now, {expected[t]} in the backup)" for t in sorted(got)
+           if t in expected and got[t] != expected[t]]
+    out += [f"{t} (new, {got[t]} rows)" for t in sorted(got) if t not in expected]
+    out += [f"{t} (missing now)" for t in sorted(expected) if t not in got]
+    return out
+
+
+def _preflight_swap(runtime: Runtime, live: str) -> None:
+    """The database rename can only be refused for permissions: checked before anything is swapped."""
     with pg.admin(runtime) as conn:
-        if not pg.database_exists(conn, live):
-            pg.rename_database(conn, new, live)
-            return None
-        pg.allow_connections(conn, live, False)
-        try:
+        row = conn.execute("SELECT r.rolsuper OR (r.rolcreatedb AND d.datdba = r.oid) FROM pg_roles r "
+                           "LEFT JOIN pg_database d ON d.datname = %s WHERE r.rolname = current_user",
+                           (live,)).fetchone()
+    if row is None or not row[0]:
+        raise RestoreError(f"the database user may not rename {live} (it needs to own it with CREATEDB, or be "
+                           "a superuser); nothing was touched")
+
+
+def _swap_database(settings: Settings, runtime: Runtime, state: dict[str, Any], report: Reporter) -> None:
+    """Rename live -> previous and new -> live in one transaction, journaled: a crash anywhere in
+    here is completed or undone by ``journal.recover``."""
+    live, new, previous = state["live"], state["new"], state["previous"]
+    journal.write(settings, state)
+    try:
+        with pg.admin(runtime) as conn:
+            if not pg.database_exists(conn, live):
+                pg.rename_database(conn, new, live)
+                state["previous"] = None
+                return
+            if pg.database_exists(conn, previous):
+                previous = state["previous"] = _free_name(conn, live, PRE_RESTORE.strip("_"))
+                journal.write(settings, state)
+            pg.allow_connections(conn, live, False)
             for attempt in range(20):
                 pg.terminate_sessions(conn, live)
                 try:
@@ -140,51 +252,142 @@ def _swap_database(runtime: Runtime, live: str, new: str, report: Reporter) -> s
                         raise RestoreError(f"database {live} kept being used by other sessions; stop the "
                                            "application and retry (the live database is unchanged)") from None
                     time.sleep(0.1)
-        finally:
-            current = previous if pg.database_exists(conn, previous) else live
-            pg.allow_connections(conn, current, True)
+            for name in (live, previous):
+                pg.allow_connections(conn, name, True)
+    except BaseException as exc:
+        notes: list[str] = []
+        try:
+            done = journal._finish(settings, runtime, state)  # completes or undoes what the server committed
+            journal.clear(settings)
+        except (StackopsError, pg.Error, OSError) as again:
+            done = ""
+            notes.append(f"finishing the swap failed too ({pg.first_line(again)}); the next stackops command "
+                         "completes or undoes it")
+        if isinstance(exc, StackopsError) and not isinstance(exc, ServiceError):
+            raise
+        if isinstance(exc, pg.Error | ServiceError):
+            raise RestoreError(_noted(f"the database server failed during the swap ({pg.first_line(exc)})"
+                                      f"{': ' + done if done else ''}", notes)) from None
+        raise
     report.info(f"swapped in the restored database; the previous one is kept as {previous}")
-    return previous
 
 
-def _stage_uploads(settings: Settings, backup: BackupSet, report: Reporter) -> Path:
-    """Unpack the backup's uploads beside the live folder (same filesystem), checked against the manifest."""
+def _is_mount_point(path: Path) -> bool:
+    """The folder is a mount point (bind mounts of a folder of the same filesystem included)."""
+    if os.path.ismount(path):
+        return True
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == real:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _uploads_plan(settings: Settings) -> dict[str, Any]:
+    """How the uploads will be swapped, after every check that can refuse it (nothing touched):
+    ``rename`` the folder, or (a mount point cannot be renamed) move its ``contents``."""
+    live = settings.env.uploads_dir
+    stamp = _stamp()
+    parent = live.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if live.is_symlink():
+        raise RestoreError(f"the uploads folder {live} is a symbolic link: point the configuration at the real "
+                           "folder; nothing was touched")
+    if live.is_dir() and _is_mount_point(live):
+        if not os.access(live, os.W_OK | os.X_OK):
+            raise RestoreError(f"no write permission in the uploads folder {live}; nothing was touched")
+        return {"mode": "contents", "live": str(live), "staging": str(live / f"{journal.OURS}-restoring-{stamp}"),
+                "previous": str(live / f"{journal.OURS}{PRE_RESTORE}{stamp}")}
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RestoreError(f"no write permission in {parent} to swap the uploads folder; nothing was touched")
+    previous = live.with_name(f"{live.name}{PRE_RESTORE}{stamp}") if live.exists() else None
+    return {"mode": "rename", "live": str(live), "staging": str(live.with_name(f"{live.name}.restoring-{stamp}")),
+            "previous": str(previous) if previous else None}
+
+
+def _uploads_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's ``data`` filter (no ``..`` or links out, no devices or FIFOs), absolute names refused
+    rather than stripped, owners kept as in the archive."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise tarfile.SpecialFileError(member)
+    safe = tarfile.data_filter(member, dest)
+    return safe.replace(uid=member.uid, gid=member.gid, uname=member.uname, gname=member.gname, deep=False)
+
+
+def _stage_uploads(backup: BackupSet, u: dict[str, Any], report: Reporter) -> None:
+    """Unpack the backup's uploads into the staging folder (same filesystem as the live folder), with
+    Python's tarfile and a filter that refuses anything hostile; checked against the manifest."""
     archive = backup.file("uploads")
     assert archive is not None
-    live = settings.env.uploads_dir
-    live.parent.mkdir(parents=True, exist_ok=True)
-    staging = live.with_name(f"{live.name}.restoring-{_stamp()}")
+    staging = Path(u["staging"])
     staging.mkdir(mode=0o755)
     try:
-        pipeline([decompressor(backup.compression, archive),
-                  Cmd(["tar", "-C", str(staging), "--numeric-owner", "-xf", "-"])])
+        proc = spawn(decompressor(backup.compression, archive), stdout=subprocess.PIPE)
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    tar.extract(member, staging, filter=_uploads_filter, numeric_owner=True)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
         files = sum(len(f) for _, _, f in os.walk(staging))
         expected = (backup.manifest.get("uploads") or {}).get("files")
         if expected is not None and files != expected:
             raise RestoreError(f"the uploads archive holds {files} files, the manifest says {expected}")
+    except tarfile.FilterError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BackupCorrupt(f"the uploads archive of {backup.id} holds a hostile entry ({exc}): refused; "
+                            "nothing was touched") from None
+    except tarfile.TarError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BackupCorrupt(f"the uploads archive of {backup.id} cannot be read ({exc}); nothing was touched") from None
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            free = shutil.disk_usage(staging.parent).free
+            raise StorageFull(f"the uploads folder's filesystem is full while unpacking the backup's uploads "
+                              f"({human_bytes(free)} free): the staging folder was removed; nothing was "
+                              "touched") from None
+        raise RestoreError(f"unpacking the uploads failed ({exc}); nothing was touched") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    report.info(f"unpacked {files} upload files beside {live.name}")
-    return staging
+    report.info(f"unpacked {files} upload files beside {Path(u['live']).name}")
 
 
-def _swap_uploads(settings: Settings, runtime: Runtime, staging: Path, report: Reporter) -> str | None:
-    """Rename live -> live_pre_restore_<ts> and staging -> live; returns the kept previous folder."""
-    live = settings.env.uploads_dir
-    previous = live.with_name(f"{live.name}{PRE_RESTORE}{_stamp()}") if live.exists() else None
-    if previous is not None:
-        live.rename(previous)
+def _swap_uploads(settings: Settings, runtime: Runtime, state: dict[str, Any], report: Reporter) -> None:
+    """Swap the staged uploads in; when that fails, put the uploads back and undo the database swap,
+    so rows and files change together or not at all."""
+    u = state["uploads"]
+    state["phase"] = "uploads"
+    journal.write(settings, state)
     try:
-        staging.rename(live)
-    except BaseException:
-        if previous is not None:
-            previous.rename(live)
-        raise
-    finally:
-        runtime.uploads_replaced(report)  # bind mounts follow the folder they were given, not its name
-    report.info(f"swapped in the restored uploads folder; the previous one is kept as {previous}")
-    return str(previous) if previous else None
+        try:
+            uploads_forward(u, mark=lambda: journal.write(settings, state))
+        finally:
+            runtime.uploads_replaced(report)  # bind mounts follow the folder they were given, not its name
+    except OSError as exc:
+        notes: list[str] = []
+        state["phase"] = "undo"
+        _note(notes, "writing the journal", journal.write, settings, state)
+        try:
+            journal._finish(settings, runtime, state)
+            journal.clear(settings)
+        except (StackopsError, pg.Error, OSError) as again:
+            raise RestoreError(_noted(
+                f"swapping the uploads folder failed ({exc}) and undoing the database swap failed too "
+                f"({pg.first_line(again)}): the next stackops command undoes it (journal kept)", notes)) from None
+        raise RestoreError(_noted(f"swapping the uploads folder failed ({exc}); the database swap was undone: "
+                                  "the live database and uploads are unchanged", notes)) from None
+    report.info(f"swapped in the restored uploads; the previous ones are kept as {u['previous']}")
 
 
 def _source(settings: Settings, ref: str, uploads: bool) -> BackupSet | Path:
@@ -208,7 +411,7 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
     live = env.db_name
     found = _source(settings, ref, uploads)
     if isinstance(found, Path):
-        _check_gzip(found)
+        check_plain_dump(found)
         source = ref
     else:
         preflight(settings, runtime, found, report, newest_migration)
@@ -216,6 +419,9 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
     what = f"{live}{' and its uploads' if uploads else ''}"
     steps = [f"load {source} into a new database beside {live} and check its row counts",
              f"swap it in; keep the current {live} as {kept_prefix(live)}<timestamp>"]
+    if isinstance(found, Path):
+        steps[0] = (f"load {source} into a new database beside {live}, show its row counts (an old-format dump "
+                    "has no manifest to check them against) and ask before swapping")
     destroys = [f"the live database {live} is replaced (kept as {kept_prefix(live)}<timestamp>)"]
     if uploads:
         steps.append(f"unpack the uploads beside {env.uploads_dir}, swap them in, keep the current "
@@ -225,50 +431,65 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
 
 
 def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter,
-                     uploads: bool = False, newest_migration: str | None = None) -> RestoreResult:
+                     uploads: bool = False, newest_migration: str | None = None,
+                     approve: Callable[[Plan], None] | None = None) -> RestoreResult:
     """Restore a backup set (or a guide-format ``*.sql.gz``) over the environment's database,
-    and with ``uploads`` its uploads folder too. Confirmation is the caller's (the cli's plan flow)."""
+    and with ``uploads`` its uploads folder too. Confirmation is the caller's (the cli's plan flow);
+    for a dump without a manifest, ``approve`` is called with a plan of the row counts about to be
+    swapped in (it raises to refuse; None: the caller has approved already)."""
     started = time.monotonic()
     live = settings.env.db_name
     with env_lock(settings.env.backups_dir, "restore"):
-        backup = _source(settings, ref, uploads)
-        if isinstance(backup, Path):
-            return _restore_plain(settings, runtime, backup, report, started)
-        preflight(settings, runtime, backup, report, newest_migration)
-        target = side_name(live, "restore")
-        pg.create_database(runtime, target)
-        staging = None
+        journal.recover(settings, runtime, report)
+        try:
+            backup = _source(settings, ref, uploads)
+            if isinstance(backup, Path):
+                return _restore_plain(settings, runtime, backup, report, started, approve)
+            preflight(settings, runtime, backup, report, newest_migration)
+            _preflight_swap(runtime, live)
+            u = _uploads_plan(settings) if uploads else None
+            target = _create_side(runtime, live)
+        except pg.Error as exc:
+            raise RestoreError(f"the database server failed before anything was touched ({pg.first_line(exc)})") \
+                from None
         try:
             load_archive(runtime, backup, target, report)
             counts = compare_counts(runtime, target, backup.manifest["row_counts"])
             report.info(f"row counts match the backup for {len(counts)} tables")
-            if uploads:  # staged before anything live is swapped, so rows and files change together
-                staging = _stage_uploads(settings, backup, report)
+            if u is not None:  # staged before anything live is swapped, so rows and files change together
+                _stage_uploads(backup, u, report)
         except BaseException as exc:
-            pg.drop_database(runtime, target)
-            if isinstance(exc, CommandFailed):
-                raise RestoreError(f"loading {backup.id} failed, the live database {live} is unchanged: "
-                                   f"{exc}") from exc
+            notes: list[str] = []
+            _note(notes, f"dropping the loaded copy {target}", pg.drop_database, runtime, target)
+            if isinstance(exc, CommandFailed | pg.Error | ServiceError):
+                raise RestoreError(_noted(f"loading {backup.id} failed, the live database {live} is unchanged: "
+                                          f"{pg.first_line(exc)}", notes)) from None
+            if isinstance(exc, StackopsError) and notes:
+                raise type(exc)(_noted(str(exc), notes)) from None
             raise
+        state: dict[str, Any] = {"live": live, "new": target, "previous": side_name(live, PRE_RESTORE.strip("_")),
+                                 "phase": "db", "uploads": u, "pid": os.getpid(), "source": backup.id}
         try:
-            previous = _swap_database(runtime, live, target, report)
+            _swap_database(settings, runtime, state, report)
         except BaseException:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            pg.drop_database(runtime, target)
+            if u is not None and Path(u["staging"]).exists():
+                shutil.rmtree(u["staging"], ignore_errors=True)
             raise
-        up_prev = _swap_uploads(settings, runtime, staging, report) if staging is not None else None
-        return RestoreResult(backup.id, live, previous, str(settings.env.uploads_dir) if staging else None,
-                             up_prev, counts, round(time.monotonic() - started, 3))
+        if u is not None:
+            _swap_uploads(settings, runtime, state, report)
+        journal.clear(settings)
+        return RestoreResult(backup.id, live, state["previous"], u["live"] if u else None,
+                             u["previous"] if u else None, counts, round(time.monotonic() - started, 3))
 
 
-def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Reporter,
-                   started: float) -> RestoreResult:
-    """The old shell script's ``database_backup_*.sql.gz``: plain SQL, gzip-checked, loaded beside."""
-    _check_gzip(path)
+def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Reporter, started: float,
+                   approve: Callable[[Plan], None] | None) -> RestoreResult:
+    """The old shell script's ``database_backup_*.sql.gz``: plain SQL, checked whole and complete, loaded
+    beside with ON_ERROR_STOP, required to hold user tables, and its row counts approved before the swap."""
+    check_plain_dump(path)
     live = settings.env.db_name
-    target = side_name(live, "restore")
-    pg.create_database(runtime, target)
+    _preflight_swap(runtime, live)
+    target = _create_side(runtime, live)
     try:
         report.step(f"loading plain SQL dump {path.name} into {target}")
         psql = runtime.pg_cmd("psql").with_args("-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
@@ -276,24 +497,60 @@ def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Rep
         pipeline([Cmd(["gzip", "-dc", str(path)]), psql])
         with pg.connect(runtime, target) as conn:
             counts = pg.table_counts(conn)
+        if not counts:
+            raise BackupCorrupt(f"{path.name} loaded no user tables (an empty schema): refusing to swap it in; "
+                                f"the live database {live} is unchanged")
+        env = settings.env
+        if approve is not None:
+            approve(Plan(f"swapping in {path.name} (no manifest) over {live}", env.name, env.protected,
+                         [f"swap in {sum(counts.values())} rows in {len(counts)} tables: " +
+                          ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))],
+                         [f"the live database {live} is replaced (kept as {kept_prefix(live)}<timestamp>)"],
+                         ["an old-format dump has no manifest: check these row counts before going on"],
+                         always_confirm=True))
     except BaseException as exc:
-        pg.drop_database(runtime, target)
-        if isinstance(exc, CommandFailed):
-            raise RestoreError(f"loading {path.name} failed, the live database {live} is unchanged: {exc}") from exc
+        notes: list[str] = []
+        _note(notes, f"dropping the loaded copy {target}", pg.drop_database, runtime, target)
+        if isinstance(exc, CommandFailed | pg.Error | ServiceError):
+            raise RestoreError(_noted(f"loading {path.name} failed, the live database {live} is unchanged: "
+                                      f"{pg.first_line(exc)}", notes)) from None
         raise
-    previous = _swap_database(runtime, live, target, report)
-    return RestoreResult(str(path), live, previous, None, None, counts, round(time.monotonic() - started, 3))
+    state: dict[str, Any] = {"live": live, "new": target, "previous": side_name(live, PRE_RESTORE.strip("_")),
+                             "phase": "db", "uploads": None, "pid": os.getpid(), "source": str(path)}
+    _swap_database(settings, runtime, state, report)
+    journal.clear(settings)
+    return RestoreResult(str(path), live, state["previous"], None, None, counts, round(time.monotonic() - started, 3))
 
 
-# ----- copies kept by earlier restores ---------------------------------------------------------
+# ----- copies kept by earlier restores, and side copies left by killed ones ------------------------
+def _operation_running(settings: Settings) -> bool:
+    try:
+        with env_lock(settings.env.backups_dir, "listing kept copies"):
+            return False
+    except LockBusy:
+        return True
+
+
 def previous_copies(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
-    """Databases and uploads folders kept by earlier restores (newest first)."""
+    """Databases and uploads folders kept by earlier restores (newest first), then the scratch copies
+    that a killed restore or verify left (kind ``interrupted``; ``in use`` while an operation runs)."""
     live = settings.env.db_name
-    out: list[dict[str, Any]] = [{"kind": "database", "name": n, "size": s}
-                                 for n, s, _ in pg.databases_like(runtime, kept_prefix(live))]
+    try:
+        out: list[dict[str, Any]] = [{"kind": "database", "name": n, "size": s}
+                                     for n, s, _ in pg.databases_like(runtime, kept_prefix(live))]
+        running = _operation_running(settings)
+        for prefix in side_prefixes(live):
+            out += [{"kind": "in use" if running else "interrupted", "name": n, "size": s}
+                    for n, s, _ in pg.databases_like(runtime, prefix)]
+    except pg.Error as exc:
+        raise DatabaseUnavailable(f"the database server failed while listing copies ({pg.first_line(exc)})") \
+            from None
     up = settings.env.uploads_dir
     if up.parent.is_dir():
         for p in sorted(up.parent.glob(f"{up.name}{PRE_RESTORE}*"), reverse=True):
+            out.append({"kind": "uploads", "name": str(p), "size": None})
+    if up.is_dir() and not up.is_symlink():
+        for p in sorted(up.glob(f"{journal.OURS}{PRE_RESTORE}*"), reverse=True):
             out.append({"kind": "uploads", "name": str(p), "size": None})
     return out
 
@@ -302,18 +559,42 @@ def drop_previous_plan(settings: Settings, runtime: Runtime, name: str) -> Plan:
     known = {c["name"]: c for c in previous_copies(settings, runtime)}
     if name not in known:
         raise BackupNotFound(f"{name!r} is not a copy kept by a restore: see `invoke restore.previous`")
+    if known[name]["kind"] == "in use":
+        raise LockBusy(f"{name} belongs to a restore or verify that is running now; nothing was touched")
     env = settings.env
+    what = ("a scratch copy a killed restore or verify left" if known[name]["kind"] == "interrupted"
+            else "a copy an earlier restore kept")
     return Plan(f"removing {name}", env.name, env.protected, [f"remove the {known[name]['kind']} {name}"],
-                [f"{name}: a copy an earlier restore kept (it cannot be brought back)"])
+                [f"{name}: {what} (it cannot be brought back)"])
 
 
 def drop_previous(settings: Settings, runtime: Runtime, name: str, report: Reporter) -> None:
-    """Remove one copy listed by previous_copies (refuses anything else)."""
-    known = {c["name"]: c for c in previous_copies(settings, runtime)}
-    if name not in known:
-        raise BackupNotFound(f"{name!r} is not a copy kept by a restore: see `invoke restore.previous`")
-    if known[name]["kind"] == "database":
-        pg.drop_database(runtime, name)
-    else:
-        shutil.rmtree(name)
-    report.step(f"removed {name}")
+    """Remove one copy listed by previous_copies (refuses anything else), holding the environment's lock."""
+    with env_lock(settings.env.backups_dir, "removing a kept copy"):
+        known = {c["name"]: c for c in previous_copies(settings, runtime)}
+        if name not in known:
+            raise BackupNotFound(f"{name!r} is not a copy kept by a restore: see `invoke restore.previous`")
+        if known[name]["kind"] == "uploads":
+            shutil.rmtree(name)
+        else:
+            pg.drop_database(runtime, name)
+        report.step(f"removed {name}")
+
+
+def clean_plan(settings: Settings, runtime: Runtime) -> tuple[Plan, list[str]]:
+    """Every scratch copy that killed restores and verifies left: the plan to drop them, and their names."""
+    copies = previous_copies(settings, runtime)
+    names = [c["name"] for c in copies if c["kind"] == "interrupted"]
+    env = settings.env
+    busy = [c["name"] for c in copies if c["kind"] == "in use"]
+    nothing = "" if names else ("nothing to clean: no scratch copy left by an interrupted restore or verify" +
+                                (f" ({len(busy)} in use by the operation running now)" if busy else ""))
+    return Plan(f"dropping {len(names)} scratch database(s) left by interrupted restores or verifies", env.name,
+                env.protected, [f"drop {n}" for n in names],
+                [f"{n}: a half-loaded scratch copy of a backup (the backup itself is kept)" for n in names],
+                nothing_to_do=nothing), names
+
+
+def clean(settings: Settings, runtime: Runtime, names: list[str], report: Reporter) -> None:
+    for name in names:
+        drop_previous(settings, runtime, name, report)

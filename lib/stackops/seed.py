@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -165,8 +167,30 @@ def _add_months(d: date, months: int) -> date:
     return date(d.year + y, m + 1, 1)
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _refuse_links(root: Path, rel: str) -> None:
+    """Refuse (one line) when any existing component of ``root/rel`` below ``root`` is a symbolic link:
+    stackops never writes or deletes through a link in the uploads folder."""
+    here = root
+    for part in Path(rel).parts:
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise SeedError(f"{here} is a symbolic link inside the uploads folder: refusing to write or delete "
+                            "through it; remove the link (it may point outside the uploads folder)")
+
+
+def _write_atomic(root: Path, rel: str, payload: bytes) -> None:
+    _refuse_links(root, rel)
+    path = root / rel
+    for parent in reversed(path.relative_to(root).parents[:-1]):
+        try:
+            os.mkdir(root / parent, 0o755)
+        except FileExistsError:
+            pass
+        _refuse_links(root, str(parent))  # a link planted meanwhile is still refused
     atomic_write(path, payload, mode=0o644)
 
 
@@ -194,8 +218,10 @@ def seed_sample_data(settings: Settings, runtime: Runtime, *, scale: int = 1, se
             raise SeedError(f"database {settings.env.db_name} has no table {missing[0]}: apply the schema first "
                             "with `invoke migrate.apply`")
         report.step(f"writing {len(data.uploads)} sample upload file(s) to {uploads_root / folder}")
+        _refuse_links(uploads_root, folder)
+        uploads_root.mkdir(parents=True, exist_ok=True)
         for up in data.uploads:
-            _write_atomic(uploads_root / up["storage_path"], up["data"])
+            _write_atomic(uploads_root, up["storage_path"], up["data"])
         report.step(f"loading sample data (seed {seed}, scale {scale}) into {settings.env.db_name}")
         with conn.transaction():
             replaced = _delete_previous(conn)
@@ -207,11 +233,16 @@ def seed_sample_data(settings: Settings, runtime: Runtime, *, scale: int = 1, se
 
 
 def _prune_sample_folders(root: Path, keep: str) -> None:
+    """Remove older sample folders; links are removed as links, never followed."""
+    _refuse_links(root, SAMPLE_UPLOADS)
     base = root / SAMPLE_UPLOADS
     if base.is_dir():
         for child in base.iterdir():
             if child.name != Path(keep).name:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                if stat.S_ISDIR(os.lstat(child).st_mode):
+                    shutil.rmtree(child)  # fd-based: never follows a link inside
+                else:
+                    child.unlink()
 
 
 def _delete_previous(conn: Any) -> dict[str, int]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from stackops import backupset, pg
 from stackops.config import Settings
-from stackops.errors import BackupCorrupt, StackopsError
+from stackops.errors import BackupCorrupt, DatabaseUnavailable, ServiceError, StackopsError
 from stackops.lock import env_lock
 from stackops.report import Reporter
 from stackops.restore import compare_counts, load_archive, preflight, side_name
@@ -26,6 +26,25 @@ class VerifyResult:
 
 def _record(folder_id: str, ok: bool, seconds: float, detail: str) -> VerifyResult:
     return VerifyResult(folder_id, ok, datetime.now(UTC).isoformat(), seconds, detail)
+
+
+def _drop(runtime: Runtime, scratch: str) -> str:
+    """Drop the scratch database; a failure (the server gone) is a note, never the error itself."""
+    try:
+        pg.drop_database(runtime, scratch)
+    except (StackopsError, pg.Error) as exc:
+        return f"; note: dropping the scratch database {scratch} failed too ({pg.first_line(exc)}): " \
+               "`invoke restore.clean` removes it"
+    return ""
+
+
+def _server_answers(runtime: Runtime) -> bool:
+    try:
+        with pg.admin(runtime) as conn:
+            conn.execute("SELECT 1")
+    except (StackopsError, pg.Error):
+        return False
+    return True
 
 
 def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter) -> VerifyResult:
@@ -57,9 +76,18 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
                 detail = f"{len(counts)} tables match the manifest's row counts; {checks[1].detail}" + \
                     (f"; {uploads.detail}" if uploads is not None else "")
         except (StackopsError, pg.Error) as exc:
-            ok, detail = False, pg.first_line(exc)
-        finally:
-            pg.drop_database(runtime, scratch)
+            if not isinstance(exc, ServiceError | pg.OperationalError) and _server_answers(runtime):
+                ok, detail = False, pg.first_line(exc)
+                _drop(runtime, scratch)
+            else:  # the server failed, not the backup: nothing is recorded
+                notes = _drop(runtime, scratch)
+                raise DatabaseUnavailable(f"the database server failed while verifying {backup.id} "
+                                          f"({pg.first_line(exc)}); no result was recorded{notes}") from None
+        except BaseException:
+            _drop(runtime, scratch)
+            raise
+        else:
+            _drop(runtime, scratch)
         seconds = round((datetime.now(UTC) - started).total_seconds(), 3)
         result = _record(backup.id, ok, seconds, detail)
         backupset.write_verification(backup.path, asdict(result))

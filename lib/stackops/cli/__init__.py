@@ -50,9 +50,16 @@ def reporter(json_out: bool = False) -> Reporter:
 
 
 def runtime(s: Settings, report: Reporter | None) -> Any:
+    """The environment's runtime; every task that touches an environment comes through here, so a swap
+    that a killed restore left half-done is completed or undone first (``stackops.journal``)."""
     from stackops.runtime.select import make_runtime  # the runtimes import psycopg and docker: see above
 
-    return make_runtime(s, report)
+    rt = make_runtime(s, report)
+    if (s.env.backups_dir / ".restore-journal.json").exists():
+        from stackops.journal import recover
+
+        recover(s, rt, report or Reporter(stream=sys.stderr))
+    return rt
 
 
 def _jsonable(obj: Any) -> Any:
@@ -91,25 +98,31 @@ def _show(plan: Plan, stream: Any) -> None:
 
 
 def confirm(plan: Plan, yes: bool) -> None:
-    """A protected environment goes on only with ``--yes`` or its name typed at a terminal; no
-    terminal, a wrong name or end of input refuse with one line. Unprotected ones go on."""
-    if not plan.protected or yes:
+    """A protected environment (or a plan that asks for it with ``always_confirm``) goes on only with
+    ``--yes`` or, at a terminal, the environment's name typed (``yes`` too when not protected); no
+    terminal, a wrong answer or end of input refuse with one line. Other plans go on."""
+    if yes or not (plan.protected or plan.always_confirm):
         return
-    where = f"in protected environment {plan.env!r}"
+    where = f"in protected environment {plan.env!r}" if plan.protected else f"in environment {plan.env!r}"
+    accepted = {plan.env} if plan.protected else {plan.env, "yes"}
+    typed = "the environment's name" if plan.protected else "the environment's name or yes"
     if not sys.stdin.isatty():
+        if plan.always_confirm:  # what would be confirmed is shown all the same
+            _show(plan, sys.stderr)
         raise ProtectedEnvironment(
             f"{plan.action} {where} needs confirmation: pass --yes (look at the plan first with --dry-run), "
-            "or run it at a terminal and type the environment's name"
+            f"or run it at a terminal and type {typed}"
         )
     _show(plan, sys.stderr)
     try:
-        answer = input(f"{plan.action} {where}. Type the environment's name to go on: ")
+        answer = input(f"{plan.action} {where}. Type {typed} to go on: ")
     except EOFError:
         raise ProtectedEnvironment(f"{plan.action} cancelled: no answer at the prompt (end of input); "
                                    "nothing was touched") from None
-    if answer.strip() != plan.env:
-        raise ProtectedEnvironment(f"{plan.action} cancelled: the name typed was not {plan.env!r}; "
-                                   "nothing was touched")
+    if answer.strip() not in accepted:
+        wanted = repr(plan.env) if plan.protected else f"{plan.env!r} or 'yes'"
+        raise ProtectedEnvironment(f"{plan.action} cancelled: the {'name' if plan.protected else 'answer'} "
+                                   f"typed was not {wanted}; nothing was touched")
 
 
 def proceed(plan: Plan, *, yes: bool, dry_run: bool, as_json: bool = False) -> bool:

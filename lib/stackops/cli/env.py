@@ -26,14 +26,16 @@ from stackops.report import Plan
 
 
 def show_status(rt: Any, s: Any, as_json: bool) -> bool:
+    from stackops.journal import status as swap_status
     from stackops.report import human_bytes
 
     services = rt.status()
+    swap = swap_status(s, rt)
     healthy = all(x.healthy is not False for x in services) and any(x.state == "running" or
                                                                       x.state == "external" for x in services)
     if as_json:
         print_json({"env": s.env.name, "runtime": rt.kind, "healthy": healthy, "services": services,
-                    "backups_dir": s.env.backups_dir})
+                    "backups_dir": s.env.backups_dir, "database": swap})
         return healthy
     print(f"environment {s.env.name} (runtime {rt.kind}{', protected' if s.env.protected else ''})")
     rows = []
@@ -42,7 +44,10 @@ def show_status(rt: Any, s: Any, as_json: bool) -> bool:
         size = human_bytes(x.size_bytes) if x.size_bytes is not None else "-"
         rows.append([x.name, x.state, health, x.port or "-", x.pid or "-", size, x.data_dir, x.detail])
     print(table(["service", "state", "health", "port", "pid", "size", "data", "detail"], rows))
-    return healthy
+    accepts = {True: "accepts connections", False: "REFUSES CONNECTIONS", None: "not reachable"}
+    print(f"live database: {swap['live_database']} ({accepts[swap['accepts_connections']]}); interrupted restore: "
+          f"{swap['interrupted_restore'] or 'none'}")
+    return healthy and swap["interrupted_restore"] is None and swap["accepts_connections"] is not False
 
 
 @task(help={"env": ENV_HELP})
@@ -53,6 +58,9 @@ def up(c, env=None):
     report = reporter()
     rt = runtime(s, report)
     rt.up(report)
+    from stackops.journal import recover  # a swap left pending while the server was down
+
+    recover(s, rt, report)
     if not show_status(rt, s, as_json=False):
         raise Exit(f"stackops: environment {s.env.name} started but is not healthy (see the table above)", code=1)
 

@@ -13,6 +13,7 @@ from stackops.cli import (
     ENV_HELP,
     JSON_HELP,
     YES_HELP,
+    confirm,
     guarded,
     print_json,
     proceed,
@@ -34,7 +35,8 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
     plan = restore_plan(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)
     if not proceed(plan, yes=yes, dry_run=dry_run, as_json=as_json):
         return
-    result = restore_database(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)
+    result = restore_database(s, rt, backup, report=report, uploads=uploads, newest_migration=newest,
+                              approve=lambda counts_plan: confirm(counts_plan, yes))
     if as_json:
         print_json(result)
     else:
@@ -68,7 +70,7 @@ def db(c, backup, env=None, yes=False, dry_run=False, json=False):
 @task(help={"env": ENV_HELP, "json": JSON_HELP})
 @guarded
 def previous(c, env=None, json=False):
-    """List the databases and uploads folders that earlier restores kept."""
+    """List the databases and uploads folders that earlier restores kept, and scratch copies killed ones left."""
     from stackops.report import human_bytes
     from stackops.restore import previous_copies
 
@@ -85,7 +87,7 @@ def previous(c, env=None, json=False):
                                   "dry_run": DRY_RUN_HELP})
 @guarded
 def drop_previous(c, name, env=None, yes=False, dry_run=False):
-    """Remove one database or uploads folder kept by an earlier restore."""
+    """Remove one database or uploads folder kept by an earlier restore (or left by a killed one)."""
     from stackops.restore import drop_previous as drop
     from stackops.restore import drop_previous_plan
 
@@ -95,6 +97,20 @@ def drop_previous(c, name, env=None, yes=False, dry_run=False):
         drop(s, rt, name, reporter())
 
 
+@task(help={"env": ENV_HELP, "yes": YES_HELP, "dry_run": DRY_RUN_HELP})
+@guarded
+def clean(c, env=None, yes=False, dry_run=False):
+    """Drop every scratch database that a killed restore or verify left (see restore.previous)."""
+    from stackops.restore import clean as drop_all
+    from stackops.restore import clean_plan
+
+    s = settings(c, env)
+    rt = runtime(s, None)
+    plan, names = clean_plan(s, rt)
+    if proceed(plan, yes=yes, dry_run=dry_run):
+        drop_all(s, rt, names, reporter())
+
+
 ns = Collection("restore")
-for t in (full, db, previous, drop_previous):
+for t in (full, db, previous, drop_previous, clean):
     ns.add_task(t)

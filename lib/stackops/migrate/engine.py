@@ -466,8 +466,25 @@ def _undo_with_restore(settings: Settings, runtime: Runtime, backup_id: str, rea
         return (f"AUTOMATIC ROLLBACK FAILED: {reason}, and restoring the pre-migration backup {backup_id} "
                 f"failed too ({exc}): restore it with `invoke migrate.rollback --restore`")
     return (f"batch rolled back: {reason}, so the pre-migration backup {backup_id} was restored; "
-            "the database is as before the batch (writes made while the batch ran are lost; the replaced "
-            f"database is kept as {kept})")
+            f"the database is as before the batch; {_changed_note(settings, runtime, backup_id, kept)}")
+
+
+def _changed_note(settings: Settings, runtime: Runtime, backup_id: str, kept: str | None) -> str:
+    """Which tables of the replaced database differ from the backup: rows the app wrote meanwhile are there."""
+    from stackops.backupset import find_backup
+    from stackops.restore import changed_since_backup
+
+    if kept is None:
+        return "there was no database to keep"
+    try:
+        changed = changed_since_backup(runtime, kept, find_backup(settings, backup_id).manifest["row_counts"])
+    except (StackopsError, OSError) as exc:
+        return f"the replaced database is kept as {kept} (comparing it with the backup failed: {exc})"
+    if not changed:
+        return f"no table's row count changed since the backup; the replaced database is kept as {kept}"
+    return (f"tables changed since the backup (rows written meanwhile are only in the kept copy {kept}): "
+            f"{', '.join(changed)}; copy what is needed from {kept}, then drop it with "
+            f"`invoke restore.drop-previous {kept}`")
 
 
 # ----- rollback --------------------------------------------------------------------------------
