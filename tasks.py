@@ -22,6 +22,7 @@ from stackops.cli import db as db_tasks  # noqa: E402
 from stackops.cli import env as env_tasks  # noqa: E402
 from stackops.cli import images as images_tasks  # noqa: E402
 from stackops.cli import migrate as migrate_tasks  # noqa: E402
+from stackops.cli import offsite as offsite_tasks  # noqa: E402
 from stackops.cli import restore as restore_tasks  # noqa: E402
 
 
@@ -56,6 +57,9 @@ def demo(c, env=None):
     if not result.ok:
         raise VerifyFailed(f"the demo's backup failed verification: {result.detail}")
 
+
+for offsite_task in (offsite_tasks.push, offsite_tasks.pull, offsite_tasks.prune_remote):
+    backup_tasks.ns.add_task(offsite_task)
 
 ns = Collection()
 ns.add_task(demo)

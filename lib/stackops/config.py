@@ -240,7 +240,7 @@ def _offsite(raw: Any, root: Path) -> Offsite:
         raise ConfigError(f"config key stackops.offsite.remote has bad value {remote!r}: accepted values are an "
                           "rclone remote name ending in ':' (e.g. 'offsite:') or a connection string "
                           "(e.g. ':sftp,host=backup.example,user=impactbot:'), or empty for no offsite copies")
-    path = str(o.get("path") or "stackops").strip("/")
+    path = str(o.get("path") or "stackops").rstrip("/") or "/"
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", path) or ".." in path.split("/"):
         raise ConfigError(f"config key stackops.offsite.path has bad value {path!r}: accepted values are a folder "
                           "path of letters, digits, '_', '-', '.' and '/' without '..'")
