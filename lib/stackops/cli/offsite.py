@@ -23,7 +23,7 @@ from stackops.cli import (
 from stackops.errors import UsageError
 
 
-@task(help={"backup": "backup id or `latest` (default with no --all-missing: latest)",
+@task(positional=["backup"], help={"backup": "backup id or `latest` (default with no --all-missing: latest)",
             "all_missing": "push every complete local set that is not complete on the remote",
             "env": ENV_HELP, "json": JSON_HELP})
 @guarded
