@@ -247,8 +247,8 @@ def _offsite(raw: Any, root: Path) -> Offsite:
     recipients = tuple(r.strip() for r in str(o.get("recipients") or "").split(":") if r.strip())
     for r in recipients:
         if not _AGE_RECIPIENT.match(r):
-            raise ConfigError(f"config key stackops.offsite.recipients has bad value {r[:20]!r}...: accepted values "
-                              "are age public keys (age1...) or ssh-ed25519/ssh-rsa public keys, ':'-separated")
+            raise ConfigError(f"config key stackops.offsite.recipients has bad value {r[:8]!r}... (shortened): "
+                              "accepted values are age public keys (age1...) or ssh-ed25519 or ssh-rsa keys")
     rc, ident = str(o.get("rclone_config") or ""), str(o.get("identity_file") or "")
     return Offsite(
         remote=remote, path=path, rclone_config=_path(root, rc) if rc else None,
