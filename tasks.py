@@ -22,6 +22,8 @@ from stackops.cli import db as db_tasks  # noqa: E402
 from stackops.cli import env as env_tasks  # noqa: E402
 from stackops.cli import images as images_tasks  # noqa: E402
 from stackops.cli import migrate as migrate_tasks  # noqa: E402
+from stackops.cli import offsite as offsite_tasks  # noqa: E402
+from stackops.cli import pitr as pitr_tasks  # noqa: E402
 from stackops.cli import restore as restore_tasks  # noqa: E402
 
 
@@ -57,10 +59,13 @@ def demo(c, env=None):
         raise VerifyFailed(f"the demo's backup failed verification: {result.detail}")
 
 
+for offsite_task in (offsite_tasks.push, offsite_tasks.pull, offsite_tasks.prune_remote):
+    backup_tasks.ns.add_task(offsite_task)
+
 ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
 ns.add_task(check_tasks.check)
-for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, images_tasks):
+for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, images_tasks, pitr_tasks):
     ns.add_collection(sub.ns)
 ns.configure({"stackops_root": str(ROOT)})

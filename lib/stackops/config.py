@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,32 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class Offsite:
+    """Offsite copies through rclone (``remote`` empty: off), optionally encrypted with age."""
+
+    remote: str = ""                       # an rclone remote: "name:" of rclone.conf, or ":sftp,host=...:"
+    path: str = "stackops"                 # folder on the remote; each environment in <path>/<env>
+    rclone_config: Path | None = None      # rclone.conf (None: rclone's own default)
+    daily: int = 30                        # remote retention, like stackops.retention
+    weekly: int = 104
+    recipients: tuple[str, ...] = ()       # age recipients (public keys): encrypt before upload when set
+    identity_file: Path | None = None      # age identity (private key) used to decrypt on pull
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.remote)
+
+
+@dataclass(frozen=True)
+class Pitr:
+    """Point-in-time recovery through pgBackRest (WAL archiving + base backups)."""
+
+    repo_dir: Path | None = None           # None: <state_dir>/pgbackrest
+    archive_timeout: int = 60              # seconds: the most WAL a crash can lose (the RPO)
+    retention_full: int = 2                # full pgBackRest backups kept (older ones and their WAL expire)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated configuration for the environment a task was asked to work on."""
 
@@ -90,6 +116,8 @@ class Settings:
     migrations: MigrationSettings
     pg_bindir: Path | None
     backup: BackupSettings = BackupSettings("60s")
+    offsite: Offsite = field(default_factory=Offsite)
+    pitr: Pitr = field(default_factory=Pitr)
 
 
 def _key(env: str | None, *parts: str) -> str:
@@ -194,6 +222,58 @@ def _env(name: str, raw: Mapping[str, Any], root: Path) -> EnvConfig:
     )
 
 
+_OFFSITE_KEYS = {"remote", "path", "rclone_config", "daily", "weekly", "recipients", "identity_file"}
+_PITR_KEYS = {"repo_dir", "archive_timeout", "retention_full"}
+_REMOTE = re.compile(r"^(:[a-z0-9]+(,[^:\s]*)?|[A-Za-z0-9_][A-Za-z0-9_. -]*):$")
+_AGE_RECIPIENT = re.compile(r"^(age1[0-9a-z]{58}|ssh-(ed25519|rsa) [A-Za-z0-9+/=]+)$")
+
+
+def _section(raw: Any, name: str, keys: set[str]) -> dict[str, Any]:
+    section = raw.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config key stackops.{name} must be a mapping of {', '.join(sorted(keys))}")
+    unknown = sorted(set(section) - keys)
+    if unknown:
+        raise ConfigError(f"config key stackops.{name}.{unknown[0]} is unknown: accepted keys are "
+                          f"{', '.join(sorted(keys))}")
+    return section
+
+
+def _offsite(raw: Any, root: Path) -> Offsite:
+    o = _section(raw, "offsite", _OFFSITE_KEYS)
+    remote = str(o.get("remote") or "").strip()
+    if remote and not _REMOTE.match(remote):
+        raise ConfigError(f"config key stackops.offsite.remote has bad value {remote!r}: accepted values are an "
+                          "rclone remote name ending in ':' (e.g. 'offsite:') or a connection string "
+                          "(e.g. ':sftp,host=backup.example,user=impactbot:'), or empty for no offsite copies")
+    path = str(o.get("path") or "stackops").rstrip("/") or "/"
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", path) or ".." in path.split("/"):
+        raise ConfigError(f"config key stackops.offsite.path has bad value {path!r}: accepted values are a folder "
+                          "path of letters, digits, '_', '-', '.' and '/' without '..'")
+    recipients = tuple(r.strip() for r in str(o.get("recipients") or "").split(":") if r.strip())
+    for r in recipients:
+        if not _AGE_RECIPIENT.match(r):
+            raise ConfigError(f"config key stackops.offsite.recipients has bad value {r[:8]!r}... (shortened): "
+                              "accepted values are age public keys (age1...) or ssh-ed25519 or ssh-rsa keys")
+    rc, ident = str(o.get("rclone_config") or ""), str(o.get("identity_file") or "")
+    return Offsite(
+        remote=remote, path=path, rclone_config=_path(root, rc) if rc else None,
+        daily=_int(o.get("daily", 30), "stackops.offsite.daily", 0, 3650),
+        weekly=_int(o.get("weekly", 104), "stackops.offsite.weekly", 0, 520),
+        recipients=recipients, identity_file=_path(root, ident) if ident else None,
+    )
+
+
+def _pitr(raw: Any, root: Path) -> Pitr:
+    p = _section(raw, "pitr", _PITR_KEYS)
+    repo = str(p.get("repo_dir") or "")
+    return Pitr(
+        repo_dir=_path(root, repo) if repo else None,
+        archive_timeout=_int(p.get("archive_timeout", 60), "stackops.pitr.archive_timeout", 1, 3600),
+        retention_full=_int(p.get("retention_full", 2), "stackops.pitr.retention_full", 1, 100),
+    )
+
+
 def _plain(value: Any) -> Any:
     """invoke's DataProxy -> plain dicts, so validation sees ordinary mappings."""
     if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
@@ -258,4 +338,6 @@ def load(raw_config: Any, env_name: str | None, root: Path) -> Settings:
         ),
         pg_bindir=_path(root, bindir) if bindir else None,
         backup=BackupSettings(lock_wait_timeout=lock_wait),
+        offsite=_offsite(raw, root),
+        pitr=_pitr(raw, root),
     )

@@ -155,3 +155,16 @@ class SeedError(StackopsError):
 # ----- checks ------------------------------------------------------------------------------------
 class CheckFailed(StackopsError, code=18):
     """One or more checks failed (integrity, deployment); the table above the line says which."""
+
+
+# ----- offsite copies and point-in-time recovery ---------------------------------------------------
+class OffsiteError(StackopsError, code=20):
+    """An offsite copy could not be pushed, pulled or listed (remote, rclone or transfer); nothing local was touched."""
+
+
+class IdentityError(StackopsError, code=21):
+    """An encrypted backup cannot be opened: no age identity given, or not one of its recipients; nothing touched."""
+
+
+class PitrError(StackopsError, code=22):
+    """Point-in-time recovery could not act (archiving, pgBackRest, target outside the window); live left serving."""

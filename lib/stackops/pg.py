@@ -247,3 +247,15 @@ def client_version(tool: Cmd, server: int) -> str:
             f"newer server safely; install postgresql-client-{server}"
         )
     return version
+
+
+def alter_system(runtime: Runtime, values: dict[str, str]) -> None:
+    """ALTER SYSTEM SET each name to its value (postgresql.auto.conf; some need a restart to apply)."""
+    with admin(runtime) as conn:
+        for name, value in values.items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+
+
+def in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])

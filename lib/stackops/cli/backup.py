@@ -59,16 +59,29 @@ def list_(c, env=None, json=False):
     s = settings(c, env)
     if json:
         sets, damaged = scan(s)
+        where, remote_only = _where(s)
         print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
-                     "duration_s": b.manifest["duration_s"], "size": b.size,
+                     "duration_s": b.manifest["duration_s"], "size": b.size, "where": where.get(b.id, "local"),
                      "migration_head": b.manifest.get("migration_head"), "verification": b.verification,
                      "damaged": False, "reason": None}
                     for b in sets]
                    + [{"id": d.id, "kind": None, "path": d.path, "started_at": None, "duration_s": None,
-                       "size": None, "migration_head": None, "verification": None, "damaged": True,
-                       "reason": d.reason} for d in damaged])
+                       "size": None, "where": "local", "migration_head": None, "verification": None,
+                       "damaged": True, "reason": d.reason} for d in damaged]
+                   + [{"id": r.id, "kind": r.kind, "path": None, "started_at": r.index["started_at"], "size": r.size,
+                       "where": "remote", "verification": r.index.get("verification"), "damaged": False,
+                       "reason": None} for r in remote_only])
         return
     print_list(s)
+
+
+def _where(s: Any) -> tuple[dict[str, str], list[Any]]:
+    """Where each set lives (local, remote, both) and the remote-only sets; local only without a remote."""
+    if not s.offsite.enabled:
+        return {}, []
+    from stackops.offsite import locations
+
+    return locations(s)
 
 
 def print_list(s: Any) -> None:
@@ -76,7 +89,8 @@ def print_list(s: Any) -> None:
     from stackops.report import human_bytes
 
     sets, damaged = scan(s)
-    if not sets and not damaged:
+    where, remote_only = _where(s)
+    if not sets and not damaged and not remote_only:
         print(f"no backups in {s.env.backups_dir}")
         return
     rows = []
@@ -85,9 +99,13 @@ def print_list(s: Any) -> None:
         verified = "never" if not v else f"{'ok' if v['ok'] else 'FAILED'} {v['verified_at'][:19]} " \
                                          f"({v['restore_seconds']}s)"
         rows.append([b.id, b.kind, b.manifest["started_at"][:19], f"{b.manifest['duration_s']}s",
-                     human_bytes(b.size), b.manifest.get("migration_head") or "-", verified])
-    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", f"unusable: {d.reason}"] for d in damaged]
-    print(table(["backup", "kind", "started (UTC)", "took", "size", "migration", "verified"], rows))
+                     human_bytes(b.size), b.manifest.get("migration_head") or "-", verified, where.get(b.id, "local")])
+    for r in remote_only:
+        rows.append([r.id, r.kind, r.index["started_at"][:19], "-", human_bytes(r.size), "-",
+                     "ok (before push)" if (r.index.get("verification") or {}).get("ok") else "-", "remote"])
+    rows.sort(key=lambda row: row[2], reverse=True)
+    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", f"unusable: {d.reason}", "local"] for d in damaged]
+    print(table(["backup", "kind", "started (UTC)", "took", "size", "migration", "verified", "where"], rows))
 
 
 @task(help={"backup": "backup id or folder (default: the newest)", "latest": "verify the newest backup",

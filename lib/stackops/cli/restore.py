@@ -30,6 +30,16 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
 
     s = settings(c, env)
     report = reporter()
+    if s.offsite.enabled:
+        from stackops.offsite import pull_set, remote_only
+
+        remote = remote_only(s, backup)
+        if remote is not None and dry_run:
+            print(f"dry run: {backup} exists only offsite: it would be pulled (checked, decrypted) and then restored; "
+                  f"pull it first (`invoke backup.pull {backup}`) to see the whole plan")
+            return
+        if remote is not None:
+            pull_set(s, backup, report=report)
     rt = runtime(s, report)
     newest = newest_version(s.migrations.directory)
     plan = restore_plan(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)

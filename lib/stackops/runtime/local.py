@@ -116,6 +116,20 @@ class LocalRuntime(Runtime):
     def _as_server(self, argv: list[str]) -> Cmd:
         return Cmd(argv, user=self.run_as, cwd=self.pg_home, env={"LC_ALL": "C.UTF-8"})
 
+    def server_cmd(self, argv: list[str], env: dict[str, str] | None = None) -> Cmd:
+        """A command run as the server's user in its home folder (pgBackRest, pg_ctl of a side cluster)."""
+        cmd = self._as_server(argv)
+        return Cmd(cmd.argv, {**cmd.env, **(env or {})}, cmd.user, cmd.cwd)
+
+    def start_postgres(self, report: Reporter) -> None:
+        self._pg_start(report)
+
+    def stop_postgres(self, report: Reporter) -> None:
+        self._pg_stop(report)
+
+    def postgres_pid(self) -> int | None:
+        return self._pg_running()
+
     # ----- connection ------------------------------------------------------------------------
     def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
         return {

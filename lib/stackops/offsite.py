@@ -1,0 +1,442 @@
+"""Offsite copies of backup sets through rclone, optionally encrypted with age.
+
+The remote layout, per environment (``<remote><path>/<env>/``)::
+
+    <id>/                 one folder per set: its files (``<name>.age`` when encrypted) ...
+    <id>/offsite.json     ... and the remote index, written LAST: a set is complete on the remote only
+                          when this file exists, reads as JSON and matches its own checksum
+    .tmp-<id>/            an upload in progress or interrupted (never listed; removed by the next push)
+
+The index records every remote file's size and sha256, which local file it holds, whether it is
+encrypted and for which age recipients (public keys only, never an identity), the set's kind and
+start time (for remote retention) and the sha256 of the set's sealed manifest.
+
+A push uploads into ``.tmp-<id>/``, reads every file back and checks its sha256, renames the folder
+to ``<id>/`` and only then writes the index. A pull checks the index, every downloaded file's sha256,
+decrypts, and hands the set to ``backupset`` (manifest seal and file checksums) before it is renamed
+into the backups folder: a flipped byte anywhere is refused and nothing local changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stackops import backupset, crypt
+from stackops.backupset import MANIFEST, TMP_PREFIX, BackupSet
+from stackops.config import Retention, Settings
+from stackops.errors import (
+    BackupCorrupt,
+    BackupNotFound,
+    CommandFailed,
+    OffsiteError,
+)
+from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
+from stackops.lock import env_lock
+from stackops.proc import Cmd, run, spawn, which
+from stackops.report import Plan, Reporter, human_bytes
+from stackops.retention import BackupRecord, Decision, plan
+
+FORMAT = "stackops-offsite/1"
+INDEX = "offsite.json"
+PUSH_STAGING = f"{TMP_PREFIX}push-"
+PULL_STAGING = f"{TMP_PREFIX}pull-"
+INSTALL = "apt-get install -y rclone"
+
+
+@dataclass(frozen=True)
+class RemoteSet:
+    """A complete set on the remote, from its index."""
+
+    id: str
+    index: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.index["kind"])
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromisoformat(self.index["started_at"])
+
+    @property
+    def size(self) -> int:
+        return sum(int(f["size"]) for f in self.index["files"].values())
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.index["recipients"])
+
+
+@dataclass(frozen=True)
+class PushResult:
+    id: str
+    pushed: bool          # False: it was already complete on the remote
+    encrypted: bool
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PullResult:
+    id: str
+    pulled: bool          # False: it was already in the local backups folder
+    encrypted: bool
+    bytes: int
+    seconds: float
+
+
+# ----- the index -----------------------------------------------------------------------------------
+def seal_index(index: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in index.items() if k != "index_sha256"}
+    return {**body, "index_sha256": hashlib.sha256(canonical_json(body)).hexdigest()}
+
+
+def parse_index(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        index = json.loads(data)
+    except ValueError:
+        raise BackupCorrupt(f"{where} is not valid JSON: the remote copy is incomplete or damaged") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise BackupCorrupt(f"{where} was not written by stackops (format {FORMAT} expected)")
+    if seal_index(index)["index_sha256"] != index.get("index_sha256"):
+        raise BackupCorrupt(f"{where} was modified after the push (its checksum does not match): refusing it")
+    return index
+
+
+# ----- rclone --------------------------------------------------------------------------------------
+class Remote:
+    """One environment's folder on the configured rclone remote."""
+
+    def __init__(self, settings: Settings) -> None:
+        o = settings.offsite
+        if not o.enabled:
+            raise OffsiteError("no offsite remote is configured: set stackops.offsite.remote (an rclone remote, "
+                               "e.g. INVOKE_STACKOPS_OFFSITE_REMOTE=offsite:) and see the README's offsite section")
+        self.settings = settings
+        self.base = f"{o.remote}{o.path.rstrip('/')}/{settings.env.name}"
+        self.display = f"{o.remote.split(',')[0].rstrip(':')}:{o.path.rstrip('/')}/{settings.env.name}"
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def cmd(self, *args: str) -> Cmd:
+        argv = [which("rclone", INSTALL)]
+        if self.settings.offsite.rclone_config is not None:
+            argv += ["--config", str(self.settings.offsite.rclone_config)]
+        # one low-level retry each: a transfer that fails is reported, never silently half-done
+        return Cmd([*argv, "--retries", "1", "--low-level-retries", "3", *args])
+
+    def run(self, *args: str, what: str) -> bytes:
+        try:
+            return run(self.cmd(*args)).stdout
+        except CommandFailed as exc:
+            raise OffsiteError(f"{what} on {self.display} failed: {str(exc).split(': ', 1)[-1]}") from None
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The folders at the top of the environment's remote folder (none when it does not exist yet)."""
+        proc = run(self.cmd("lsjson", "--dirs-only", self.base), check=False)
+        if proc.returncode == 3:  # rclone: directory not found
+            return []
+        if proc.returncode != 0:
+            tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
+            raise OffsiteError(f"cannot list {self.display}: {tail}")
+        data = json.loads(proc.stdout or b"[]")
+        return [e for e in data if isinstance(e, dict)]
+
+    def cat(self, *parts: str) -> bytes:
+        return self.run("cat", self.url(*parts), what=f"reading {'/'.join(parts)}")
+
+    def sha256(self, *parts: str) -> tuple[str, int]:
+        """sha256 and size of a remote file, read back through rclone (whatever the backend supports)."""
+        p = spawn(self.cmd("cat", self.url(*parts)), stdout=-1)
+        h, size = hashlib.sha256(), 0
+        assert p.stdout is not None
+        while chunk := p.stdout.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+        p.stdout.close()
+        _, err = p.communicate()
+        if p.returncode != 0:
+            tail = (err.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
+            raise OffsiteError(f"reading back {'/'.join(parts)} from {self.display} failed: {tail}")
+        return h.hexdigest(), size
+
+    def purge(self, *parts: str) -> None:
+        proc = run(self.cmd("purge", self.url(*parts)), check=False)
+        if proc.returncode not in (0, 3):
+            tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
+            raise OffsiteError(f"cannot remove {'/'.join(parts)} from {self.display}: {tail}")
+
+
+def remote_sets(settings: Settings, remote: Remote | None = None) -> tuple[list[RemoteSet], list[str]]:
+    """Complete sets on the remote (newest first) and the ids of folders that are not complete
+    (interrupted, damaged). Upload folders in progress (``.tmp-*``) are neither."""
+    r = remote or Remote(settings)
+    ids = [e["Name"] for e in r.entries() if not str(e.get("Name", ".")).startswith(".")]
+    sets: list[RemoteSet] = []
+    broken: list[str] = []
+    for backup_id in sorted(ids):
+        proc = run(r.cmd("cat", r.url(backup_id, INDEX)), check=False)
+        try:
+            if proc.returncode != 0:
+                raise BackupCorrupt("no index")
+            index = parse_index(proc.stdout, f"{backup_id}/{INDEX}")
+            if index.get("id") != backup_id:
+                raise BackupCorrupt("index of another set")
+            sets.append(RemoteSet(backup_id, index))
+        except BackupCorrupt:
+            broken.append(backup_id)
+    return sorted(sets, key=lambda s: s.started_at, reverse=True), broken
+
+
+def locations(settings: Settings) -> tuple[dict[str, str], list[RemoteSet]]:
+    """Where each set lives ("local", "remote", "both") and the sets that exist only remotely."""
+    local = {b.id for b in backupset.list_backups(settings)}
+    remote, _ = remote_sets(settings)
+    where = {i: "local" for i in local}
+    for s in remote:
+        where[s.id] = "both" if s.id in local else "remote"
+    return where, [s for s in remote if s.id not in local]
+
+
+# ----- push ----------------------------------------------------------------------------------------
+@contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    shutil.rmtree(folder, ignore_errors=True)
+    private_dir(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stage(backup: BackupSet, staging: Path, recipients: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every file of the set (manifest included) in ``staging``: encrypted, or hard-linked as is."""
+    files: dict[str, dict[str, Any]] = {}
+    for name in [*backup.manifest["files"], MANIFEST]:
+        src = backup.path / name
+        if recipients:
+            dst = staging / f"{name}.age"
+            crypt.encrypt(src, dst, recipients)
+        else:
+            dst = staging / name
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        files[dst.name] = {"source": name, "size": dst.stat().st_size, "sha256": sha256_file(dst)}
+    return files
+
+
+def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote | None = None) -> PushResult:
+    """Copy one complete local set to the remote: staged (encrypted when recipients are configured),
+    uploaded under ``.tmp-<id>/``, read back and checked, renamed, then its index written last."""
+    r = remote or Remote(settings)
+    started = time.monotonic()
+    backup = backupset.find_backup(settings, ref)
+    done, _ = remote_sets(settings, r)
+    recipients = settings.offsite.recipients
+    if any(s.id == backup.id for s in done):
+        report.info(f"{backup.id} is already complete on {r.display}")
+        return PushResult(backup.id, False, bool(recipients), 0, 0.0)
+    folder = settings.env.backups_dir
+    with env_lock(folder, f"push of {backup.id}"), _staging(folder / f"{PUSH_STAGING}{backup.id}") as staging:
+        backupset.check_files(backup, report)
+        report.step(f"staging {backup.id} for {r.display}" + (f" (age, {len(recipients)} recipient(s))"
+                                                               if recipients else " (not encrypted)"))
+        files = _stage(backup, staging, recipients)
+        manifest_sha = sha256_file(backup.path / MANIFEST)
+        index = seal_index({
+            "format": FORMAT, "id": backup.id, "env": settings.env.name, "kind": backup.kind,
+            "started_at": backup.manifest["started_at"], "manifest_sha256": manifest_sha,
+            "recipients": list(recipients), "files": files, "verification": backup.verification,
+            "pushed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        })
+        tmp = f"{TMP_PREFIX}{backup.id}"
+        r.purge(tmp)  # an earlier interrupted upload of this set
+        total = sum(f["size"] for f in files.values())
+        report.step(f"uploading {len(files)} files ({human_bytes(total)}) to {r.display}/{tmp}")
+        r.run("copy", "--no-traverse", str(staging), r.url(tmp), what=f"uploading {backup.id}")
+        for name, entry in files.items():
+            digest, size = r.sha256(tmp, name)
+            if (digest, size) != (entry["sha256"], entry["size"]):
+                raise OffsiteError(f"{name} of {backup.id} reads back from {r.display} with another sha256 or size "
+                                   "than was uploaded: the transfer is not trustworthy; the upload was left under "
+                                   f"{tmp} (never listed) and the next push replaces it")
+        report.info(f"read back {len(files)} files from the remote: sizes and sha256 match")
+        r.purge(backup.id)  # an incomplete folder of this id (no valid index): it was never listed
+        r.run("moveto", r.url(tmp), r.url(backup.id), what=f"renaming {tmp} to {backup.id}")
+        atomic_write(staging / INDEX, canonical_json(index) + b"\n")
+        r.run("copyto", str(staging / INDEX), r.url(backup.id, INDEX), what=f"writing the index of {backup.id}")
+        if parse_index(r.cat(backup.id, INDEX), f"{backup.id}/{INDEX}") != index:
+            raise OffsiteError(f"the index of {backup.id} reads back differently from {r.display}: the copy is not "
+                               "listed as complete; push again")
+    seconds = round(time.monotonic() - started, 2)
+    report.info(f"{backup.id} is offsite: {human_bytes(total)} in {seconds}s")
+    return PushResult(backup.id, True, bool(recipients), total, seconds)
+
+
+def push_missing(settings: Settings, *, report: Reporter) -> list[PushResult]:
+    """Push every complete local set that is not complete on the remote, oldest first."""
+    r = Remote(settings)
+    done = {s.id for s in remote_sets(settings, r)[0]}
+    local = sorted(backupset.list_backups(settings), key=lambda b: b.started_at)
+    return [push_set(settings, b.id, report=report, remote=r) for b in local if b.id not in done]
+
+
+# ----- pull ----------------------------------------------------------------------------------------
+def find_remote(settings: Settings, ref: str, remote: Remote | None = None) -> RemoteSet:
+    r = remote or Remote(settings)
+    sets, broken = remote_sets(settings, r)
+    if ref == "latest" and sets:
+        return sets[0]
+    for s in sets:
+        if s.id == ref:
+            return s
+    if ref in broken:
+        raise BackupCorrupt(f"{ref} on {r.display} is not complete (interrupted push or damaged index): push it "
+                            "again from a host that has it")
+    raise BackupNotFound(f"backup {ref!r} is neither in {settings.env.backups_dir} nor on {r.display}: see "
+                         f"`invoke backup.list --env {settings.env.name}`")
+
+
+def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None) -> PullResult:
+    """Bring one set back from the remote into the backups folder, checked (index, every file's sha256,
+    decryption, the set's own manifest and checksums) before it appears there."""
+    started = time.monotonic()
+    if ref != "latest" and "/" not in ref and (settings.env.backups_dir / ref / MANIFEST).exists():
+        local = backupset.find_backup(settings, ref)
+        report.info(f"{local.id} is already in {settings.env.backups_dir}")
+        return PullResult(local.id, False, False, 0, 0.0)
+    r = Remote(settings)
+    rs = find_remote(settings, ref, r)
+    what = f"remote copy of {rs.id}"
+    ident = crypt.check_identity(identity or settings.offsite.identity_file, rs.index["recipients"], what) \
+        if rs.encrypted else None
+    folder = private_dir(settings.env.backups_dir)
+    final = folder / rs.id
+    with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
+        if final.exists():
+            raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
+        download = private_dir(staging / "download")
+        report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
+        r.run("copy", "--exclude", f"/{INDEX}", r.url(rs.id), str(download), what=f"downloading {rs.id}")
+        for name, entry in rs.index["files"].items():
+            path = download / name
+            if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+                raise BackupCorrupt(f"{what}: {name} does not match the size and sha256 recorded when it was pushed "
+                                    "(the remote copy is damaged); nothing local was touched")
+        report.info(f"checked {len(rs.index['files'])} downloaded files: sizes and sha256 match the index")
+        out = private_dir(staging / rs.id)
+        for name, entry in rs.index["files"].items():
+            target = out / str(entry["source"])
+            if ident is not None:
+                crypt.decrypt(download / name, target, ident, f"{what} ({name})")
+                os.chmod(target, 0o600)
+            else:
+                os.replace(download / name, target)
+        if sha256_file(out / MANIFEST) != rs.index["manifest_sha256"]:
+            raise BackupCorrupt(f"{what}: its manifest differs from the one pushed; nothing local was touched")
+        pulled = backupset.open_set(out)
+        backupset.check_files(pulled, report)
+        if rs.index.get("verification"):
+            backupset.write_verification(out, rs.index["verification"])
+        fsync_dir(out)
+        os.rename(out, final)
+        fsync_dir(folder)
+    seconds = round(time.monotonic() - started, 2)
+    report.info(f"{rs.id} pulled into {final} in {seconds}s")
+    return PullResult(rs.id, True, rs.encrypted, rs.size, seconds)
+
+
+def remote_only(settings: Settings, ref: str) -> RemoteSet | None:
+    """The remote set ``ref`` names when it is not in the local backups folder (None otherwise, or
+    when no remote is configured)."""
+    if not settings.offsite.enabled or ref.endswith(".sql.gz") or "/" in ref:
+        return None
+    if ref == "latest":
+        return None
+    if (settings.env.backups_dir / ref).exists():
+        return None
+    try:
+        return find_remote(settings, ref)
+    except BackupNotFound:
+        return None
+
+
+# ----- remote retention ----------------------------------------------------------------------------
+def _records(sets: Sequence[RemoteSet]) -> list[BackupRecord]:
+    out = []
+    for s in sets:
+        v = s.index.get("verification") or {}
+        out.append(BackupRecord(
+            id=s.id, started_at=s.started_at, kind=s.kind, complete=True, verified_ok=v.get("ok"),
+            verified_at=datetime.fromisoformat(v["verified_at"]) if v.get("verified_at") else None))
+    return out
+
+
+def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
+                      now: datetime | None = None) -> tuple[Plan, list[Decision], set[str]]:
+    """Remote retention with its own counts (stackops.offsite.daily / weekly). A set that would be
+    deleted remotely but is not in the local backups folder is its only copy: kept unless
+    ``only_copies``, and then the plan says so in a warning. Returns the plan, every decision, and
+    the ids that would be deleted."""
+    sets, _ = remote_sets(settings)
+    policy = Retention(settings.offsite.daily, settings.offsite.weekly, settings.retention.pre_migration_days)
+    try:
+        decisions = plan(_records(sets), now or datetime.now(UTC), policy)
+    except ValueError as exc:
+        raise OffsiteError(f"cannot apply remote retention: {exc}") from exc
+    local = {b.id for b in backupset.list_backups(settings)}
+    out: list[Decision] = []
+    doomed: set[str] = set()
+    warnings: list[str] = []
+    for d in decisions:
+        if not d.keep and d.backup.id not in local and not only_copies:
+            d = Decision(d.backup, True, (*d.reasons, "but it is the only copy (not in the local backups folder): "
+                                          "kept; pass --delete-only-copies to delete it"), d.covers)
+        elif not d.keep:
+            doomed.add(d.backup.id)
+            if d.backup.id not in local:
+                warnings.append(f"{d.backup.id} exists only on the remote: deleting it deletes its last copy")
+        out.append(d)
+    env = settings.env
+    p = Plan(f"deleting {len(doomed)} offsite backup(s) of {env.name} by remote retention", env.name, env.protected,
+             [f"delete {d.backup.id} from the remote: {'; '.join(d.reasons)}" for d in out if d.backup.id in doomed],
+             [f"offsite backup {i}" for i in sorted(doomed)], warnings,
+             nothing_to_do="" if doomed else "nothing to delete on the remote: every set keeps a slot or is an "
+                                             "only copy")
+    return p, out, doomed
+
+
+def prune_remote(settings: Settings, confirmed: set[str], *, report: Reporter, only_copies: bool = False) -> list[str]:
+    """Delete the confirmed ids that the plan, decided again now, still deletes. The index goes first, so
+    a set stops being listed as complete before any of its files are removed."""
+    _, _, doomed = prune_remote_plan(settings, only_copies=only_copies)
+    r = Remote(settings)
+    deleted = []
+    for backup_id in sorted(doomed & confirmed):
+        r.run("deletefile", r.url(backup_id, INDEX), what=f"deleting the index of {backup_id}")
+        r.purge(backup_id)
+        report.info(f"deleted {backup_id} from {r.display}")
+        deleted.append(backup_id)
+    return deleted
+
+
+def newest_age_hours(settings: Settings, now: datetime | None = None) -> float | None:
+    """Hours since the newest complete offsite set started (None: no set on the remote)."""
+    sets, _ = remote_sets(settings)
+    if not sets:
+        return None
+    return ((now or datetime.now(UTC)) - sets[0].started_at).total_seconds() / 3600
+

@@ -1,0 +1,417 @@
+"""Point-in-time recovery through pgBackRest (Debian's ``pgbackrest``), on the local runtime.
+
+``enable`` writes the environment's pgBackRest configuration (stanza = the environment's name, the
+repository in ``stackops.pitr.repo_dir``), turns WAL archiving on with ALTER SYSTEM (``archive_mode``,
+``archive_command`` = ``pgbackrest archive-push``, ``archive_timeout`` = the RPO bound, and a unix
+socket in /var/run/postgresql, which pgBackRest connects through), restarts PostgreSQL, creates the
+stanza, checks archiving and takes the first full backup.
+
+``restore`` never touches the live cluster before the end: it restores into a new data folder beside
+it (``<pg home>/pitr-side-<time>``), starts it on its own port with archiving off, waits until recovery
+has reached the target and promoted, checks it (connect, row counts, migrate.check's checks compared
+with the live cluster's), and only then stops the live cluster, keeps its data folder aside as
+``data_pre_pitr_<time>`` and starts the restored one in its place. A failure or a kill at any point
+before the swap leaves the live cluster serving; leftovers of an interrupted restore are removed by
+the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from stackops import pg
+from stackops.config import Settings
+from stackops.errors import CommandFailed, PitrError, RuntimeRefused, StackopsError
+from stackops.files import atomic_write
+from stackops.lock import env_lock
+from stackops.proc import Cmd, run, which
+from stackops.report import Check, Plan, Reporter
+from stackops.runtime.base import Runtime
+from stackops.runtime.local import LocalRuntime
+
+INSTALL = "apt-get install -y pgbackrest"
+SOCKET_DIR = Path("/var/run/postgresql")
+SIDE_PREFIX = "pitr-side-"
+KEPT_PREFIX = "data_pre_pitr_"
+BACKUP_TYPES = ("full", "diff", "incr")
+RECOVERY_WAIT = 600  # seconds a restore may replay WAL before it is given up (the live cluster is untouched)
+
+
+@dataclass(frozen=True)
+class PitrBackup:
+    label: str
+    type: str
+    started_at: datetime
+    stopped_at: datetime
+    size: int            # database size
+    repo_size: int       # bytes in the repository
+    wal_start: str
+    wal_stop: str
+
+
+@dataclass(frozen=True)
+class PitrInfo:
+    stanza: str
+    status: str
+    backups: list[PitrBackup]
+    wal_min: str | None
+    wal_max: str | None
+    repo: str
+
+    @property
+    def earliest(self) -> datetime | None:
+        """The earliest moment a restore can reach: the end of the oldest backup."""
+        return min((b.stopped_at for b in self.backups), default=None)
+
+
+@dataclass(frozen=True)
+class PitrRestoreResult:
+    target: str
+    backup: str
+    kept_as: str
+    row_counts: dict[str, int]
+    seconds: float
+    side_port: int
+
+
+# ----- pgBackRest ----------------------------------------------------------------------------------
+class Repo:
+    """pgBackRest for one environment: its configuration file, repository and commands (as the server user)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+        if not isinstance(runtime, LocalRuntime):
+            raise RuntimeRefused(
+                f"point-in-time recovery runs on the local runtime only for now; {settings.env.name} uses the "
+                f"{runtime.kind} runtime (pgBackRest in the postgres image is not built yet): use logical backups"
+            )
+        self.settings = settings
+        self.rt = runtime
+        self.stanza = settings.env.name
+        self.home = runtime.pg_home / "pgbackrest"
+        self.conf = self.home / "pgbackrest.conf"
+        self.repo = settings.pitr.repo_dir or runtime.pg_home.parent / "pgbackrest"
+
+    def cmd(self, *args: str, options: dict[str, str] | None = None) -> Cmd:
+        argv = [which("pgbackrest", INSTALL), f"--config={self.conf}", f"--stanza={self.stanza}"]
+        argv += [f"--{k.replace('_', '-')}={v}" for k, v in (options or {}).items()]
+        # pgBackRest connects through the unix socket with the environment's password (never in argv)
+        return self.rt.server_cmd([*argv, *args], env={"PGPASSWORD": self.rt.conninfo()["password"]})
+
+    def run(self, *args: str, what: str, timeout: float | None = None, opts: dict[str, str] | None = None,
+            **options: str) -> str:
+        try:
+            out = run(self.cmd(*args, options={**(opts or {}), **options}), timeout=timeout).stdout
+            return out.decode(errors="replace")
+        except CommandFailed as exc:
+            lines = [ln for ln in (exc.stderr + "\n").splitlines() if "ERROR" in ln] or [str(exc)]
+            raise PitrError(f"{what} failed: {lines[-1].strip()}") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.conf.is_file()
+
+    def write_config(self) -> None:
+        owner = self.rt.run_as
+        for folder in (self.home, self.home / "log", self.home / "lock", self.home / "spool", self.repo):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+            os.chmod(folder, 0o750)
+            if owner is not None:
+                pw = pwd.getpwnam(owner)
+                os.chown(folder, pw.pw_uid, pw.pw_gid)
+        p = self.settings.pitr
+        text = "\n".join([
+            "# written by stackops pitr.enable: rewritten by it, do not edit",
+            "[global]",
+            f"repo1-path={self.repo}",
+            f"repo1-retention-full={p.retention_full}",
+            f"log-path={self.home / 'log'}",
+            f"lock-path={self.home / 'lock'}",
+            f"spool-path={self.home / 'spool'}",
+            "log-level-console=warn",
+            "log-level-file=info",
+            "start-fast=y",
+            "archive-check=y",
+            "",
+            f"[{self.stanza}]",
+            f"pg1-path={self.rt.pg_data}",
+            f"pg1-port={self.settings.env.ports.postgres}",
+            f"pg1-socket-path={SOCKET_DIR}",
+            f"pg1-user={self.settings.env.db_user}",
+            "",
+        ])
+        atomic_write(self.conf, text.encode(), mode=0o640, owner=owner)
+
+    def info(self) -> PitrInfo:
+        if not self.enabled:
+            raise PitrError(f"point-in-time recovery is not enabled for {self.stanza}: run "
+                            f"`invoke pitr.enable --env {self.stanza}`")
+        data = json.loads(self.run("info", what="pgbackrest info", output="json") or "[]")
+        stanza = next((s for s in data if s.get("name") == self.stanza), None)
+        if stanza is None:
+            raise PitrError(f"pgBackRest has no stanza {self.stanza} in {self.repo}: run `invoke pitr.enable`")
+        backups = [PitrBackup(
+            label=b["label"], type=b["type"],
+            started_at=datetime.fromtimestamp(b["timestamp"]["start"], UTC),
+            stopped_at=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
+            size=int(b["info"]["size"]), repo_size=int(b["info"]["repository"]["delta"]),
+            wal_start=b["archive"]["start"], wal_stop=b["archive"]["stop"],
+        ) for b in stanza.get("backup", [])]
+        archives = stanza.get("archive", [])
+        return PitrInfo(self.stanza, stanza.get("status", {}).get("message", "?"), backups,
+                        min((a["min"] for a in archives if a.get("min")), default=None),
+                        max((a["max"] for a in archives if a.get("max")), default=None), str(self.repo))
+
+
+# ----- enable / backup / info ----------------------------------------------------------------------
+def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInfo:
+    """Archive WAL to pgBackRest, create the stanza, check archiving, take the first full backup."""
+    repo = Repo(settings, runtime)
+    rt = repo.rt
+    if rt.postgres_pid() is None:
+        raise PitrError(f"the {settings.env.name} cluster is not running: start it with "
+                        f"`invoke env.up --env {settings.env.name}`")
+    if not SOCKET_DIR.is_dir():
+        SOCKET_DIR.mkdir(parents=True, mode=0o2775)
+        if rt.run_as is not None:
+            pw = pwd.getpwnam(rt.run_as)
+            os.chown(SOCKET_DIR, pw.pw_uid, pw.pw_gid)
+    with env_lock(settings.env.backups_dir, "pitr.enable"):
+        report.step(f"writing pgBackRest's configuration {repo.conf} (repository {repo.repo})")
+        repo.write_config()
+        command = f"{which('pgbackrest', INSTALL)} --config={repo.conf} --stanza={repo.stanza} archive-push %p"
+        report.step(f"turning WAL archiving on (archive_timeout {settings.pitr.archive_timeout}s) and restarting "
+                    "PostgreSQL")
+        pg.alter_system(rt, {"archive_mode": "on", "archive_command": command, "wal_level": "replica",
+                             "archive_timeout": str(settings.pitr.archive_timeout),
+                             "unix_socket_directories": str(SOCKET_DIR)})
+        rt.stop_postgres(report)
+        rt.start_postgres(report)
+        report.step(f"creating stanza {repo.stanza} and checking that WAL reaches the repository")
+        repo.run("stanza-create", what="pgbackrest stanza-create", timeout=300)
+        repo.run("check", what="pgbackrest check (WAL archiving)", timeout=300)
+        if not repo.info().backups:
+            report.step("taking the first full pgBackRest backup")
+            repo.run("backup", what="pgbackrest backup", type="full")
+    return repo.info()
+
+
+def backup(settings: Settings, runtime: Runtime, kind: str, *, report: Reporter) -> PitrBackup:
+    if kind not in BACKUP_TYPES:
+        raise PitrError(f"unknown pgBackRest backup type {kind!r}: accepted values are {', '.join(BACKUP_TYPES)}")
+    repo = Repo(settings, runtime)
+    repo.info()
+    with env_lock(settings.env.backups_dir, f"pitr.backup ({kind})"):
+        report.step(f"pgbackrest backup --type={kind}")
+        repo.run("backup", what=f"pgbackrest backup --type={kind}", type=kind)
+    return repo.info().backups[-1]
+
+
+def info(settings: Settings, runtime: Runtime) -> PitrInfo:
+    return Repo(settings, runtime).info()
+
+
+# ----- restore -------------------------------------------------------------------------------------
+def parse_target(text: str) -> datetime:
+    """A target time: ISO 8601 or "YYYY-MM-DD HH:MM:SS", with a zone or in UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise PitrError(f"--to {text!r} is not a time: give e.g. \"2026-11-30 14:03:00\" (UTC) or an ISO 8601 "
+                        "time with its zone") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _side_runtime(rt: LocalRuntime, port: int) -> LocalRuntime:
+    s = rt.settings
+    return LocalRuntime(replace(s, env=replace(s.env, ports=replace(s.env.ports, postgres=port))))
+
+
+def _pg_ctl(rt: LocalRuntime, *args: str) -> Cmd:
+    return rt.server_cmd([str(rt.bindir / "pg_ctl"), *args])
+
+
+def clean_leftovers(rt: LocalRuntime, report: Reporter) -> None:
+    """Side clusters of restores that never finished (killed, failed): stopped and removed."""
+    if not rt.pg_home.is_dir():
+        return
+    for side in rt.pg_home.glob(f"{SIDE_PREFIX}*"):
+        if not side.is_dir():
+            continue
+        if (side / "postmaster.pid").exists():
+            run(_pg_ctl(rt, "stop", "-m", "immediate", "-w", "-t", "60", "-D", str(side)), check=False)
+        report.warn(f"removing {side.name}, left by an interrupted point-in-time restore")
+        shutil.rmtree(side, ignore_errors=True)
+
+
+def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) -> Plan:
+    """What ``restore`` will do, after every check that can run first (stanza, backups, window)."""
+    repo = Repo(settings, runtime)
+    found = repo.info()
+    env = settings.env
+    where = "the end of the archived WAL" if target is None else target.isoformat()
+    if not found.backups:
+        raise PitrError(f"no pgBackRest backup of {env.name} yet: take one with `invoke pitr.backup`")
+    if target is not None:
+        earliest = found.earliest
+        assert earliest is not None
+        if target < earliest:
+            raise PitrError(f"--to {target.isoformat()} is before the oldest pgBackRest backup ended "
+                            f"({earliest.isoformat(timespec='seconds')}): the earliest recoverable moment; "
+                            "use a logical backup (`invoke restore`) for older data")
+        if target > datetime.now(UTC):
+            raise PitrError(f"--to {target.isoformat()} is in the future")
+    return Plan(
+        f"point-in-time restore of {env.name} to {where}", env.name, env.protected,
+        ["archive the live cluster's current WAL (pgbackrest check)",
+         f"restore the newest backup before the target into a new data folder beside the live one "
+         f"({repo.rt.pg_home}/{SIDE_PREFIX}<time>) and replay WAL to {where} on its own port",
+         "check it: connect, row counts, migrate.check's checks (none may fail that pass on the live cluster)",
+         f"stop the live cluster and keep its data folder as {repo.rt.pg_home}/{KEPT_PREFIX}<time>",
+         "start the restored cluster in its place (same port), archiving on; take a new full pgBackRest backup"],
+        [f"the live {env.name} cluster's current state (kept aside as {KEPT_PREFIX}<time>)"],
+        [] if target is not None else ["no --to: everything archived is replayed (recovery after losing the host)"],
+    )
+
+
+def _wait_promoted(side: LocalRuntime, data: Path, log: Path, deadline: float) -> None:
+    while True:
+        alive = (data / "postmaster.pid").exists()
+        if alive:
+            try:
+                with pg.connect(side, "postgres", autocommit=True, timeout=3) as conn:
+                    if not pg.in_recovery(conn):
+                        return
+            except StackopsError:
+                pass
+        else:
+            tail = [ln for ln in (log.read_text(errors="replace") if log.exists() else "").splitlines()
+                    if "FATAL" in ln or "PANIC" in ln][-1:]
+            raise PitrError(f"the restored cluster stopped during recovery: {tail[0] if tail else 'see ' + str(log)}"
+                            "; the live cluster was not touched")
+        if time.monotonic() > deadline:
+            raise PitrError(f"recovery did not reach the target within {RECOVERY_WAIT}s (see {log}); the live "
+                            "cluster was not touched")
+        time.sleep(0.3)
+
+
+def _checks(settings: Settings, runtime: Runtime, report: Reporter) -> list[Check]:
+    from stackops.integrity import check_integrity
+
+    return check_integrity(settings, runtime, report=report).checks
+
+
+def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None, *,
+                   report: Reporter) -> tuple[Path, LocalRuntime, str]:
+    """Restore into a new data folder and start it on its own port, promoted at ``target`` (None: the
+    end of the archive). Returns (data folder, a runtime for it, the backup label used). The live
+    cluster is not touched."""
+    repo = Repo(settings, runtime)
+    rt = repo.rt
+    clean_leftovers(rt, report)
+    if rt.postgres_pid() is not None:
+        report.step("archiving the live cluster's current WAL (pgbackrest check)")
+        repo.run("check", what="pgbackrest check", timeout=300)
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    side_dir = rt.pg_home / f"{SIDE_PREFIX}{stamp}"
+    side_dir.mkdir(mode=0o700)
+    if rt.run_as is not None:
+        pw = pwd.getpwnam(rt.run_as)
+        os.chown(side_dir, pw.pw_uid, pw.pw_gid)
+    options = {"pg1_path": str(side_dir)}
+    if target is not None:
+        options |= {"type": "time", "target": target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"),
+                    "target_action": "promote"}
+    where = target.isoformat() if target else "the end of the archive"
+    report.step(f"restoring into {side_dir} (pgbackrest restore, target {where})")
+    repo.run("restore", what="pgbackrest restore", opts=options)
+    before = [b for b in repo.info().backups if target is None or b.stopped_at <= target]
+    label = before[-1].label if before else "?"
+    port = _free_port()
+    log = repo.home / "log" / f"{side_dir.name}.log"  # kept with pgBackRest's own logs
+    report.step(f"starting the restored cluster on 127.0.0.1:{port} (archiving off) and replaying WAL")
+    proc = run(_pg_ctl(rt, "start", "-w", "-t", "120", "-D", str(side_dir), "-l", str(log),
+                       "-o", f"-p {port} -k {SOCKET_DIR} -c archive_mode=off -c listen_addresses=127.0.0.1"),
+               check=False)
+    side = _side_runtime(rt, port)
+    if proc.returncode != 0 and not (side_dir / "postmaster.pid").exists():
+        _wait_promoted(side, side_dir, log, time.monotonic())  # raises with the log's FATAL line
+    _wait_promoted(side, side_dir, log, time.monotonic() + RECOVERY_WAIT)
+    return side_dir, side, label
+
+
+def stop_side(rt: LocalRuntime, side_dir: Path) -> None:
+    run(_pg_ctl(rt, "stop", "-m", "fast", "-w", "-t", "120", "-D", str(side_dir)), check=False)
+
+
+def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, report: Reporter) -> PitrRestoreResult:
+    """Restore beside, check, swap in (the plan was confirmed by the caller). Any failure before the swap
+    leaves the live cluster serving; a failed start after it puts the old data folder back."""
+    started = time.monotonic()
+    repo = Repo(settings, runtime)
+    rt = repo.rt
+    with env_lock(settings.env.backups_dir, "pitr.restore"):
+        side_dir, side, label = restore_beside(settings, runtime, target, report=report)
+        try:
+            report.step("checking the restored cluster")
+            with pg.connect(side, autocommit=True) as conn:
+                counts = pg.table_counts(conn)
+            report.info(f"{len(counts)} tables, {sum(counts.values())} rows")
+            side_checks = _checks(settings, side, report)
+            live_ok = {c.name for c in _checks(settings, rt, report) if c.ok} if rt.postgres_pid() else set()
+            worse = [c for c in side_checks if not c.ok and (c.name in live_ok or c.name == "database reachable")]
+            if worse:
+                failed = "; ".join(f"{c.name}: {c.detail}" for c in worse)
+                raise PitrError(f"the restored cluster fails checks the live one passes: {failed}; "
+                                "the live cluster was not touched")
+            stop_side(rt, side_dir)
+        except BaseException:
+            stop_side(rt, side_dir)
+            shutil.rmtree(side_dir, ignore_errors=True)
+            raise
+        report.step("swapping the restored cluster in")
+        stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        kept = rt.pg_home / f"{KEPT_PREFIX}{stamp}"
+        rt.stop_postgres(report)
+        os.rename(rt.pg_data, kept)
+        os.rename(side_dir, rt.pg_data)
+        _mark_history_ready(rt)
+        try:
+            rt.start_postgres(report)
+        except BaseException:
+            report.warn("the restored cluster did not start: putting the previous data folder back")
+            os.rename(rt.pg_data, side_dir)
+            os.rename(kept, rt.pg_data)
+            rt.start_postgres(report)
+            raise
+        report.step("taking a new full pgBackRest backup of the new timeline")
+        repo.run("backup", what="pgbackrest backup after the restore", type="full")
+    return PitrRestoreResult(target.isoformat() if target else "end of archive", label, str(kept), counts,
+                             round(time.monotonic() - started, 2), side.env.ports.postgres)
+
+
+def _mark_history_ready(rt: LocalRuntime) -> None:
+    """The new timeline's history file was written while archiving was off: have the archiver push it."""
+    status = rt.pg_data / "pg_wal" / "archive_status"
+    for history in (rt.pg_data / "pg_wal").glob("*.history"):
+        if not (status / f"{history.name}.done").exists():
+            atomic_write(status / f"{history.name}.ready", b"", owner=rt.run_as)
+
+
+def kept_clusters(settings: Settings, runtime: Runtime) -> list[Path]:
+    repo = Repo(settings, runtime)
+    return sorted(repo.rt.pg_home.glob(f"{KEPT_PREFIX}*"))
+

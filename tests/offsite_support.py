@@ -1,0 +1,86 @@
+"""A real SFTP server for offsite tests: Debian's sshd on a free loopback port, with a throwaway host
+key and client key in a temporary folder, run as a child process and killed in teardown. Plus age keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class Sftp:
+    port: int
+    folder: Path      # the remote folder, as the server sees it (a local path: tests may damage files there)
+    remote: str       # the rclone connection string for stackops.offsite.remote
+
+    def env(self) -> dict[str, str]:
+        return {"INVOKE_STACKOPS_OFFSITE_REMOTE": self.remote, "INVOKE_STACKOPS_OFFSITE_PATH": str(self.folder)}
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(name="sftp")
+def sftp_fixture(tmp_path: Path) -> Iterator[Sftp]:
+    if not SSHD.exists():
+        pytest.fail("sshd is missing: apt-get install -y openssh-server (.ci/run installs it)")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    _keygen(keys / "host_key")
+    _keygen(keys / "client_key")
+    (keys / "authorized_keys").write_text((keys / "client_key.pub").read_text())
+    port = free_port()
+    config = keys / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys / 'host_key'}", "PidFile none",
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
+        "Subsystem sftp internal-sftp", "LogLevel ERROR", "",
+    ]))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder
+    known = keys / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {(keys / 'host_key.pub').read_text().split(' ')[0]} "
+                     f"{(keys / 'host_key.pub').read_text().split(' ')[1]}\n")
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start: {proc.stderr.read() if proc.stderr else b''!r}")
+            time.sleep(0.05)
+        folder = tmp_path / "sftp-remote"
+        folder.mkdir()
+        yield Sftp(port, folder, f":sftp,host=127.0.0.1,port={port},user=root,key_file={keys / 'client_key'},"
+                                 f"known_hosts_file={known},shell_type=unix,md5sum_command=md5sum,sha1sum_command=sha1sum:")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class AgeKey:
+    identity: Path
+    recipient: str
+
+
+def age_key(folder: Path, name: str = "key") -> AgeKey:
+    path = folder / f"{name}.txt"
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    os.chmod(path, 0o600)
+    public = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True).stdout.strip()
+    return AgeKey(path, public)
