@@ -144,6 +144,19 @@ def table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return counts
 
 
+def data_size(conn: psycopg.Connection[Any]) -> int:
+    """Bytes of every user table's rows (heap and TOAST, no indexes): about what a dump writes."""
+    row = conn.execute(user_objects(
+        "SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'm') AND {user_schemas}")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def database_size(conn: psycopg.Connection[Any], name: str | None = None) -> int:
+    row = conn.execute("SELECT pg_database_size(coalesce(%s, current_database()))", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def migration_head(conn: psycopg.Connection[Any]) -> str | None:
     """The newest applied migration version, or None without a history table."""
     exists = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()

@@ -26,10 +26,12 @@ from stackops.errors import VerifyFailed
 
 def _take(c: Any, env: str | None, kind: str, as_json: bool) -> None:
     from stackops.backup import create_backup  # capabilities load psycopg: see stackops.cli
+    from stackops.report import human_bytes
 
     s = settings(c, env)
-    report = reporter()
+    report = reporter(as_json)
     result = create_backup(s, runtime(s, report), kind=kind, report=report)
+    report.summary(f"backup {result.id} ({human_bytes(result.size)} on disk)")
     if as_json:
         print_json({"id": result.id, "path": result.path, "manifest": result.manifest})
     else:
@@ -99,7 +101,7 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     from stackops.verify import verify_backup
 
     s = settings(c, env)
-    report = reporter()
+    report = reporter(json)
     rt = runtime(s, report)
     sets, damaged = scan(s)
     # --all: the damaged ones too (each is recorded and reported as FAILED)
@@ -107,6 +109,7 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     if latest:
         refs = ["latest"]
     results = [verify_backup(s, rt, ref, report=report) for ref in refs]
+    report.summary(f"verify of {len(results)} backup(s)")
     if json:
         print_json(results)
     else:
@@ -128,7 +131,9 @@ def prune(c, env=None, dry_run=False, yes=False, json=False):
     plan, decisions = prune_plan(s)
     if not dry_run and not plan.nothing_to_do:
         confirm(plan, yes)
-        decisions = do_prune(s, report=reporter(), confirmed={d.backup.id for d in decisions if not d.keep})
+        report = reporter(json)
+        decisions = do_prune(s, report=report, confirmed={d.backup.id for d in decisions if not d.keep})
+        report.summary("prune")
     if json:
         print_json([{"id": d.backup.id, "kind": d.backup.kind, "covers": list(d.covers), "keep": d.keep,
                      "reasons": list(d.reasons), "dry_run": dry_run}

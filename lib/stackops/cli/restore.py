@@ -29,7 +29,7 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
     from stackops.restore import restore_database, restore_plan
 
     s = settings(c, env)
-    report = reporter()
+    report = reporter(as_json)
     rt = runtime(s, report)
     newest = newest_version(s.migrations.directory)
     plan = restore_plan(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)
@@ -37,6 +37,7 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
         return
     result = restore_database(s, rt, backup, report=report, uploads=uploads, newest_migration=newest,
                               approve=lambda counts_plan: confirm(counts_plan, yes))
+    report.summary(f"restore of {result.source}")
     if as_json:
         print_json(result)
     else:
