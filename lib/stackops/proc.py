@@ -61,6 +61,22 @@ def run(cmd: Cmd, *, input: bytes | None = None, check: bool = True,
     return proc
 
 
+def interactive(cmd: Cmd) -> int:
+    """Run with this process's stdin, stdout and stderr (a shell for the operator); its exit code.
+    Ctrl-C goes to the child (psql cancels its query) and does not stop stackops meanwhile."""
+    import signal
+
+    try:
+        proc = subprocess.Popen(cmd.argv, **cmd._kwargs())
+    except FileNotFoundError as exc:
+        raise PrerequisiteError(f"{cmd.argv[0]} not found: {exc.strerror}") from exc
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def text(cmd: Cmd, **kwargs: Any) -> str:
     """Run and return stdout as stripped text."""
     return run(cmd, **kwargs).stdout.decode(errors="replace").strip()

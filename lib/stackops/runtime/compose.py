@@ -28,7 +28,7 @@ from stackops.files import dir_size
 from stackops.pg import parse_major
 from stackops.proc import Cmd, run, spawn, which
 from stackops.report import Reporter
-from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.runtime.base import DataVolume, Runtime, ServiceStatus
 from stackops.runtime.docker import DOCKER_INSTALL, compose_argv, docker_client, image_missing_error
 from stackops.secretcheck import refuse_weak_secrets
 
@@ -230,6 +230,16 @@ class ComposeRuntime(Runtime):
             argv += ["-e", name]  # no "=value": the docker CLI copies it from its own environment
         return Cmd([*argv, str(c.id), tool], env=env)
 
+    def psql_session(self, extra_env: dict[str, str], *, terminal: bool) -> Cmd:
+        """``docker exec -i [-t] -e NAME... <database container> psql``: values copied from the environment."""
+        cmd = self.pg_cmd("psql")
+        argv = list(cmd.argv)
+        at = argv.index("exec") + 1
+        argv[at:at] = ["-t"] if terminal else []
+        for name in sorted(extra_env):
+            argv[at:at] = ["-e", name]
+        return Cmd(argv, {**cmd.env, **extra_env}, cmd.user, cmd.cwd)
+
     def redis_url(self) -> str:
         host, port = self._address(self.container(REDIS), SERVICE_PORTS[REDIS])
         return f"redis://{host}:{port}/0"
@@ -399,6 +409,34 @@ class ComposeRuntime(Runtime):
         images that compose builds itself are skipped."""
         report.step(f"pulling missing images for {self.env.name}")
         self._compose_streamed(["pull", "--policy", "missing", "--ignore-buildable"], report)
+
+    def data_volumes(self) -> list[DataVolume]:
+        """The project's named volumes under the guide's names (what `docker volume ls` shows, with
+        sizes from `docker system df`), then the uploads folder bound into the backend."""
+        sizes: dict[str, int] = {}
+        try:
+            for v in self.client.df().get("Volumes") or []:
+                size = (v.get("UsageData") or {}).get("Size")
+                if isinstance(size, int) and size >= 0:
+                    sizes[v["Name"]] = size
+        except Exception:  # sizes are informative only
+            sizes = {}
+        users: dict[str, str] = {}
+        for service, c in self.containers().items():
+            for m in c.attrs.get("Mounts") or []:
+                if m.get("Type") == "volume":
+                    users[str(m.get("Name"))] = service
+        declared = self.config().get("volumes") or {}
+        found = self.volumes()
+        out = []
+        for name in sorted(set(declared) | set(found)):
+            docker_name = found.get(name) or str((declared.get(name) or {}).get("name") or f"{self.project}_{name}")
+            out.append(DataVolume(users.get(docker_name, "-"), name, "volume", docker_name, sizes.get(docker_name),
+                                  name in found))
+        uploads = self.env.uploads_dir
+        out.append(DataVolume("uploads", str(uploads), "folder", str(uploads),
+                              dir_size(uploads) if uploads.is_dir() else None, uploads.is_dir()))
+        return out
 
     # ----- protocol: status ------------------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
