@@ -62,15 +62,35 @@ def list_(c, env=None, json=False):
     if json:
         sets, damaged = scan(s)
         print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
-                     "duration_s": b.manifest["duration_s"], "size": b.size,
+                     "age_s": _age_s(b), "duration_s": b.manifest["duration_s"], "size": b.size,
                      "migration_head": b.manifest.get("migration_head"), "verification": b.verification,
                      "damaged": False, "reason": None}
                     for b in sets]
-                   + [{"id": d.id, "kind": None, "path": d.path, "started_at": None, "duration_s": None,
-                       "size": None, "migration_head": None, "verification": None, "damaged": True,
+                   + [{"id": d.id, "kind": None, "path": d.path, "started_at": None, "age_s": None,
+                       "duration_s": None, "size": None, "migration_head": None, "verification": None, "damaged": True,
                        "reason": d.reason} for d in damaged])
         return
     print_list(s)
+
+
+def _age_s(b: Any) -> int:
+    from datetime import UTC, datetime
+
+    return int((datetime.now(UTC) - b.started_at).total_seconds())
+
+
+def age(seconds: float) -> str:
+    """``45s``, ``12m``, ``5h 3m``, ``2d 4h``: how long ago, at a glance (negative: in the future)."""
+    if seconds < 0:
+        return "in the future"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def print_list(s: Any) -> None:
@@ -86,14 +106,15 @@ def print_list(s: Any) -> None:
         v = b.verification
         verified = "never" if not v else f"{'ok' if v['ok'] else 'FAILED'} {v['verified_at'][:19]} " \
                                          f"({v['restore_seconds']}s)"
-        rows.append([b.id, b.kind, b.manifest["started_at"][:19], f"{b.manifest['duration_s']}s",
+        rows.append([b.id, b.kind, b.manifest["started_at"][:19], age(_age_s(b)), f"{b.manifest['duration_s']}s",
                      human_bytes(b.size), b.manifest.get("migration_head") or "-", verified])
-    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", f"unusable: {d.reason}"] for d in damaged]
-    print(table(["backup", "kind", "started (UTC)", "took", "size", "migration", "verified"], rows))
+    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", "-", f"unusable: {d.reason}"] for d in damaged]
+    print(table(["backup", "kind", "started (UTC)", "age", "took", "size", "migration", "verified"], rows))
 
 
-@task(help={"backup": "backup id or folder (default: the newest)", "latest": "verify the newest backup",
-            "all": "verify every backup", "env": ENV_HELP, "json": JSON_HELP})
+@task(help={"backup": "backup id or folder (default: the newest)",
+            "latest": "verify the newest backup", "all": "verify every backup (damaged ones too: they fail)",
+            "env": ENV_HELP, "json": JSON_HELP})
 @guarded
 def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     """Restore into a scratch database, compare with the manifest, record the result."""
