@@ -23,6 +23,7 @@ from stackops.cli import env as env_tasks  # noqa: E402
 from stackops.cli import images as images_tasks  # noqa: E402
 from stackops.cli import migrate as migrate_tasks  # noqa: E402
 from stackops.cli import monitor as monitor_tasks  # noqa: E402
+from stackops.cli import report as report_tasks  # noqa: E402
 from stackops.cli import restore as restore_tasks  # noqa: E402
 
 
@@ -62,6 +63,7 @@ ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
 ns.add_task(check_tasks.check)
+ns.add_task(report_tasks.report)
 for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, monitor_tasks, images_tasks):
     ns.add_collection(sub.ns)
 ns.configure({"stackops_root": str(ROOT)})
