@@ -50,7 +50,10 @@ def _health_log_tail(container: Any) -> str:
     if not log:
         return ""
     out = str(log[-1].get("Output", "")).strip().splitlines()
-    return out[-1][:200] if out else f"exit {log[-1].get('ExitCode')}"
+    if not out:
+        return f"exit {log[-1].get('ExitCode')}"
+    line = out[-1]
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " …"  # never cut mid-word
 
 
 class ComposeRuntime(Runtime):
@@ -410,6 +413,16 @@ class ComposeRuntime(Runtime):
         report.step(f"pulling missing images for {self.env.name}")
         self._compose_streamed(["pull", "--policy", "missing", "--ignore-buildable"], report)
 
+    def _declared_volumes(self) -> dict[str, list[str]]:
+        """service -> the named volumes its compose definition mounts (empty when the files are invalid)."""
+        try:
+            services = self.config().get("services", {})
+        except ConfigError:
+            return {}
+        return {name: [str(v["source"]) for v in svc.get("volumes") or []
+                       if isinstance(v, dict) and v.get("type") == "volume" and v.get("source")]
+                for name, svc in services.items()}
+
     def data_volumes(self) -> list[DataVolume]:
         """The project's named volumes under the guide's names (what `docker volume ls` shows, with
         sizes from `docker system df`), then the uploads folder bound into the backend."""
@@ -456,10 +469,19 @@ class ComposeRuntime(Runtime):
             services = self.services()
         except ConfigError:
             services = sorted(containers)
+        declared = self._declared_volumes()
         for service in services:
             c = containers.get(service)
             if c is None:
-                out.append(ServiceStatus(service, "missing", None, None, None, "-", None, "no container"))
+                kept = [name for name in declared.get(service, []) if name in volumes]
+                if kept:
+                    size = sum(sizes.get(volumes[name], 0) for name in kept)
+                    where = ", ".join(f"volume {name}" for name in kept)
+                    out.append(ServiceStatus(service, "stopped", None, None, None, where, size,
+                                             f"stopped — data kept in {where}"))
+                else:
+                    out.append(ServiceStatus(service, "stopped", None, None, None, "-", None,
+                                             "stopped — no container (holds no data of its own)"))
                 continue
             state = c.attrs.get("State", {})
             running = state.get("Status") == "running"
