@@ -22,8 +22,10 @@ from stackops.cli import db as db_tasks  # noqa: E402
 from stackops.cli import env as env_tasks  # noqa: E402
 from stackops.cli import images as images_tasks  # noqa: E402
 from stackops.cli import migrate as migrate_tasks  # noqa: E402
+from stackops.cli import monitor as monitor_tasks  # noqa: E402
 from stackops.cli import offsite as offsite_tasks  # noqa: E402
 from stackops.cli import pitr as pitr_tasks  # noqa: E402
+from stackops.cli import report as report_tasks  # noqa: E402
 from stackops.cli import restore as restore_tasks  # noqa: E402
 
 
@@ -66,6 +68,7 @@ ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
 ns.add_task(check_tasks.check)
-for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, images_tasks, pitr_tasks):
+ns.add_task(report_tasks.report)
+for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, monitor_tasks, images_tasks, pitr_tasks):
     ns.add_collection(sub.ns)
 ns.configure({"stackops_root": str(ROOT)})

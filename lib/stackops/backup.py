@@ -170,23 +170,31 @@ def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path,
     return {"size": size, "sha256": sha256_file(dest)}
 
 
-def _stream(cmds: list[Cmd], dest: Path, report: Reporter, label: str) -> dict[str, Any]:
+def _stream(cmds: list[Cmd], dest: Path, report: Reporter, label: str, total: int | None = None) -> dict[str, Any]:
+    """With ``total`` (the data's size in the database), progress counts what the first command wrote
+    (pg_dump's uncompressed output) against it; otherwise the bytes written to ``dest``."""
     h = hashlib.sha256()
     started = time.monotonic()
-    done = 0
+    done = dumped = 0
 
     def chunk(data: bytes) -> None:
         nonlocal done
         h.update(data)
         done += len(data)
-        report.progress(label, done, started)
+        if total is None:
+            report.progress(label, done, started)
+
+    def watch(_read: int, written: int) -> None:
+        nonlocal dumped
+        dumped = written
+        report.progress(label, written, started, total=total)
 
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        pipeline(cmds, sink=f, on_chunk=chunk)
+        pipeline(cmds, sink=f, on_chunk=chunk, watch=None if total is None else watch)
         f.flush()
         os.fsync(f.fileno())
-    report.progress(label, done, started, final=True)
+    report.progress(label, done if total is None else dumped, started, final=True, total=total)
     return {"size": dest.stat().st_size, "sha256": h.hexdigest()}
 
 
@@ -289,11 +297,12 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         # row counts and migration head are read in the same snapshot while pg_dump streams; neither
         # waits for a lock longer than the configured timeout, and a failure or Ctrl-C cancels the reader
         pg.limit_lock_waits(conn, wait)
+        data_size = pg.data_size(conn)  # for progress: what pg_dump will write, roughly
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             counted = pool.submit(lambda: (pg.table_counts(conn), pg.migration_head(conn)))
             files[dump_name] = {"role": "database", **_stream([dump, Cmd(comp_argv)], tmp / dump_name, report,
-                                                              "database")}
+                                                              "database", total=data_size)}
             counts, head = counted.result()
         except BaseException:
             pg.cancel(conn)

@@ -144,6 +144,46 @@ def table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return counts
 
 
+def data_size(conn: psycopg.Connection[Any]) -> int:
+    """Bytes of every user table's rows (heap and TOAST, no indexes): about what a dump writes."""
+    row = conn.execute(user_objects(
+        "SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'm') AND {user_schemas}")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def database_size(conn: psycopg.Connection[Any], name: str | None = None) -> int:
+    row = conn.execute("SELECT pg_database_size(coalesce(%s, current_database()))", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def table_sizes(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int, int]]:
+    """The guide's "Check database size": (schema, table, total bytes with indexes and TOAST, estimated
+    rows) of every user table, largest first. Rows: the planner's estimate, or the live-tuple count
+    where the table was never analysed."""
+    rows = conn.execute(user_objects(
+        "SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), "
+        "CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE coalesce(s.n_live_tup, 0) END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+        "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {user_schemas} "
+        "ORDER BY 3 DESC, 1, 2")).fetchall()
+    return [(str(a), str(b), int(size), int(est)) for a, b, size, est in rows]
+
+
+def user_activity(conn: psycopg.Connection[Any], days: int = 7) -> tuple[int, int] | None:
+    """The guide's "Check recent user activity": (total users, logged in within ``days``), or None
+    where the database has no ``users`` table with ``last_login_at`` (migrations not applied)."""
+    has = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'public' "
+                       "AND table_name = 'users' AND column_name = 'last_login_at'").fetchone()
+    if has is None:
+        return None
+    row = conn.execute("SELECT count(*), count(*) FILTER (WHERE last_login_at > now() - make_interval(days => %s)) "
+                       "FROM public.users", (days,)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def migration_head(conn: psycopg.Connection[Any]) -> str | None:
     """The newest applied migration version, or None without a history table."""
     exists = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()

@@ -10,7 +10,10 @@ import sys
 from stackops.errors import PrerequisiteError
 from stackops.proc import Cmd, run
 from stackops.report import Check, Reporter
-from stackops.runtime.docker import engine_answers
+from stackops.runtime.docker import compose_argv, engine_answers
+
+# installs docker.io, debootstrap and Compose v2, starts dockerd and builds the offline images (as root)
+SETUP_DOCKER = "bash .ci/setup-docker"
 
 # program -> Debian package providing it
 SYSTEM_PACKAGES = {
@@ -83,5 +86,14 @@ def doctor_checks() -> list[Check]:
                         _apt_install_cmd(["docker.io"]), required=False))
     ok, why = engine_answers()
     checks.append(Check("docker engine (compose runtime only)", ok, why,
-                        "apt-get install -y docker.io && dockerd &", required=False))
+                        f"{SETUP_DOCKER} (or: apt-get install -y docker.io && dockerd &)", required=False))
+    try:
+        compose, found = " ".join(compose_argv()), True
+    except PrerequisiteError:
+        compose, found = "not found (neither `docker compose` nor docker-compose v2)", False
+    checks.append(Check("docker compose v2 (compose runtime only)", found, compose, SETUP_DOCKER, required=False))
+    debootstrap = shutil.which("debootstrap")
+    checks.append(Check("debootstrap (invoke images.build only)", debootstrap is not None,
+                        debootstrap or "not found", f"{SETUP_DOCKER} (or: {_apt_install_cmd(['debootstrap'])})",
+                        required=False))
     return checks

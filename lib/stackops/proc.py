@@ -7,6 +7,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +61,22 @@ def run(cmd: Cmd, *, input: bytes | None = None, check: bool = True,
     return proc
 
 
+def interactive(cmd: Cmd) -> int:
+    """Run with this process's stdin, stdout and stderr (a shell for the operator); its exit code.
+    Ctrl-C goes to the child (psql cancels its query) and does not stop stackops meanwhile."""
+    import signal
+
+    try:
+        proc = subprocess.Popen(cmd.argv, **cmd._kwargs())
+    except FileNotFoundError as exc:
+        raise PrerequisiteError(f"{cmd.argv[0]} not found: {exc.strerror}") from exc
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def text(cmd: Cmd, **kwargs: Any) -> str:
     """Run and return stdout as stripped text."""
     return run(cmd, **kwargs).stdout.decode(errors="replace").strip()
@@ -85,14 +104,47 @@ def spawn(cmd: Cmd, *, stdin: int | IO[Any] | None = None, stdout: int | IO[Any]
         raise PrerequisiteError(f"{cmd.argv[0]} not found: {exc.strerror}") from exc
 
 
+def io_counters(pid: int) -> tuple[int, int] | None:
+    """(bytes read, bytes written) by process ``pid`` so far (Linux /proc/<pid>/io), None when unreadable."""
+    try:
+        fields = dict(line.split(": ", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(fields["rchar"]), int(fields["wchar"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class _Watcher(threading.Thread):
+    """Calls ``watch(read, written)`` with the first process's I/O counters about five times a second."""
+
+    def __init__(self, pid: int, watch: Callable[[int, int], None]) -> None:
+        super().__init__(daemon=True, name="stackops-progress")
+        self.pid, self.watch, self.stopped = pid, watch, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            counters = io_counters(self.pid)
+            if counters is None:
+                return
+            self.watch(*counters)
+
+    def finish(self) -> None:
+        counters = io_counters(self.pid)  # before the caller reaps the process
+        self.stopped.set()
+        self.join()
+        if counters is not None:
+            self.watch(*counters)
+
+
 def pipeline(cmds: list[Cmd], sink: IO[bytes] | None = None, on_chunk: Any = None,
-             stdin_file: IO[bytes] | None = None) -> int:
+             stdin_file: IO[bytes] | None = None, watch: Callable[[int, int], None] | None = None) -> int:
     """Run ``cmds`` connected by OS pipes; stream the last one's stdout to ``sink`` (if given) calling
-    ``on_chunk(chunk)`` for each block. Every process is checked; on any failure all are killed and
-    CommandFailed names the first one that failed. Returns the bytes streamed."""
+    ``on_chunk(chunk)`` for each block. ``watch(read, written)``, for progress, gets the first process's
+    byte counters while it runs (from another thread). Every process is checked; on any failure all are
+    killed and CommandFailed names the first one that failed. Returns the bytes streamed."""
     procs: list[subprocess.Popen[bytes]] = []
     errs: list[IO[bytes]] = []
     total = 0
+    watcher: _Watcher | None = None
     try:
         prev: Any = stdin_file
         for i, cmd in enumerate(cmds):
@@ -105,6 +157,9 @@ def pipeline(cmds: list[Cmd], sink: IO[bytes] | None = None, on_chunk: Any = Non
                 prev.close()  # the child holds its own copy; ours must close so EOF propagates
             prev = p.stdout
             procs.append(p)
+            if i == 0 and watch is not None:
+                watcher = _Watcher(p.pid, watch)
+                watcher.start()
         if sink is not None:
             assert prev is not None
             while chunk := prev.read(1 << 20):
@@ -112,9 +167,17 @@ def pipeline(cmds: list[Cmd], sink: IO[bytes] | None = None, on_chunk: Any = Non
                 total += len(chunk)
                 if on_chunk is not None:
                     on_chunk(chunk)
+        if watcher is not None:
+            # the last counters are read once the first process has exited but before it is reaped
+            while os.waitid(os.P_PID, procs[0].pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+                time.sleep(0.05)
+            watcher.finish()
+            watcher = None
         for p in procs:
             p.wait()
     except BaseException:
+        if watcher is not None:
+            watcher.stopped.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()

@@ -185,7 +185,10 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
     report.step(f"loading {backup.id} into {target}")
     started = time.monotonic()
     restore = runtime.pg_cmd("pg_restore").with_args("--exit-on-error", "--no-password", "--dbname", target)
-    pipeline([decompressor(backup.compression, dump), restore])
+    size = dump.stat().st_size
+    pipeline([decompressor(backup.compression, dump), restore],
+             watch=lambda read, _w: report.progress("loading", read, started, total=size))
+    report.progress("loading", size, started, final=True, total=size)
     report.info(f"loaded in {time.monotonic() - started:.1f}s")
 
 
@@ -494,7 +497,10 @@ def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Rep
         report.step(f"loading plain SQL dump {path.name} into {target}")
         psql = runtime.pg_cmd("psql").with_args("-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
                                                  "-d", target, "-f", "-")
-        pipeline([Cmd(["gzip", "-dc", str(path)]), psql])
+        size, t0 = path.stat().st_size, time.monotonic()
+        pipeline([Cmd(["gzip", "-dc", str(path)]), psql],
+                 watch=lambda read, _w: report.progress("loading", read, t0, total=size))
+        report.progress("loading", size, t0, final=True, total=size)
         with pg.connect(runtime, target) as conn:
             counts = pg.table_counts(conn)
         if not counts:

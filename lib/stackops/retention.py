@@ -32,6 +32,7 @@ and for every backup:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -257,13 +258,15 @@ def prune(settings: Settings, *, report: Reporter, dry_run: bool = False, now: d
     with env_lock(folder, "prune"):
         decisions = decide(settings, now)
         sets = {b.id: b for b in backupset.list_backups(settings)}
-        for d in decisions:
-            if d.keep or (confirmed is not None and d.backup.id not in confirmed):
-                continue
+        doomed = [d for d in decisions if not d.keep and (confirmed is None or d.backup.id in confirmed)]
+        total, freed, started = sum(sets[d.backup.id].size for d in doomed), 0, time.monotonic()
+        for d in doomed:
             if dry_run:
                 report.info(f"would delete {d.backup.id}: {'; '.join(d.reasons)}")
                 continue
+            freed += sets[d.backup.id].size
             backupset.delete_set(sets[d.backup.id])
             report.info(f"deleted {d.backup.id}: {'; '.join(d.reasons)}")
+            report.progress("deleted", freed, started, total=total, final=d is doomed[-1])
         fsync_dir(folder)
         return decisions

@@ -41,8 +41,12 @@ def test_damaged_backup_is_listed_as_damaged_and_verify_all_fails(fresh: Fresh) 
     assert shown.returncode == 0, shown.stderr
     row = next(line for line in shown.stdout.splitlines() if line.startswith(bad))
     assert "DAMAGED" in row and "was modified after the backup was written" in row
+    good_row = next(line for line in shown.stdout.splitlines() if line.startswith(good))
+    assert " 2h 0m " in good_row and " never" in good_row  # age, and not verified yet
+    assert shown.stdout.splitlines()[0].split()[:5] == ["backup", "kind", "started", "(UTC)", "age"]
     rows = {r["id"]: r for r in json.loads(run_cli(fresh.settings, "backup.list", "--json").stdout)}
     assert rows[good]["damaged"] is False and rows[good]["reason"] is None
+    assert 7190 < rows[good]["age_s"] < 7300 and rows[bad]["age_s"] is None
     assert rows[bad]["damaged"] is True and "checksum does not match" in rows[bad]["reason"]
 
     proc = run_cli(fresh.settings, "backup.verify", "--all")

@@ -63,6 +63,8 @@ def test_data_survives_down_and_up(tmp_path: Path, stopper: list[LocalRuntime]) 
     write(rt, "kept")
     rt.down(NullReporter())
     assert [s.state for s in rt.status()][:2] == ["stopped", "stopped"]
+    details = [s.detail for s in rt.status()][:2]
+    assert details == [f"stopped — data kept in folder {rt.pg_data}", f"stopped — data kept in folder {rt.redis_dir}"]
     rt.up(NullReporter())
     assert read(rt) == (["kept"], b"kept")
 

@@ -16,6 +16,8 @@ def test_doctor_lists_every_prerequisite_with_an_install_command() -> None:
         assert checks[name].hint
     assert checks["redis-server"].hint.endswith("apt-get install -y redis-server")
     assert checks["docker engine (compose runtime only)"].required is False
+    for name in ("docker compose v2 (compose runtime only)", "debootstrap (invoke images.build only)"):
+        assert checks[name].required is False and ".ci/setup-docker" in checks[name].hint
 
 
 def test_missing_program_as_non_root_prints_the_command_mocked_euid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,8 +45,13 @@ def settings(c: Any, env: str | None) -> Settings:
 
 
 def reporter(json_out: bool = False) -> Reporter:
-    """Progress for a task. It always goes to stderr, so ``--json`` output on stdout stays parseable."""
-    return Reporter(stream=sys.stderr)
+    """Progress for a task. It always goes to stderr, so ``--json`` output on stdout stays parseable; a
+    live progress line only on a terminal and never with ``--json`` (plain lines then)."""
+    import atexit
+
+    report = Reporter(stream=sys.stderr, live=not json_out)
+    atexit.register(report.close)  # a failure in the middle of an item leaves no live line behind
+    return report
 
 
 def runtime(s: Settings, report: Reporter | None) -> Any:

@@ -26,10 +26,12 @@ from stackops.errors import VerifyFailed
 
 def _take(c: Any, env: str | None, kind: str, as_json: bool) -> None:
     from stackops.backup import create_backup  # capabilities load psycopg: see stackops.cli
+    from stackops.report import human_bytes
 
     s = settings(c, env)
-    report = reporter()
+    report = reporter(as_json)
     result = create_backup(s, runtime(s, report), kind=kind, report=report)
+    report.summary(f"backup {result.id} ({human_bytes(result.size)} on disk)")
     if as_json:
         print_json({"id": result.id, "path": result.path, "manifest": result.manifest})
     else:
@@ -61,13 +63,14 @@ def list_(c, env=None, json=False):
         sets, damaged = scan(s)
         where, remote_only = _where(s)
         print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
-                     "duration_s": b.manifest["duration_s"], "size": b.size, "where": where.get(b.id, "local"),
+                     "age_s": _age_s(b), "duration_s": b.manifest["duration_s"], "size": b.size,
+                     "where": where.get(b.id, "local"),
                      "migration_head": b.manifest.get("migration_head"), "verification": b.verification,
                      "damaged": False, "reason": None}
                     for b in sets]
-                   + [{"id": d.id, "kind": None, "path": d.path, "started_at": None, "duration_s": None,
-                       "size": None, "where": "local", "migration_head": None, "verification": None,
-                       "damaged": True, "reason": d.reason} for d in damaged]
+                   + [{"id": d.id, "kind": None, "path": d.path, "started_at": None, "age_s": None,
+                       "duration_s": None, "size": None, "where": "local", "migration_head": None,
+                       "verification": None, "damaged": True, "reason": d.reason} for d in damaged]
                    + [{"id": r.id, "kind": r.kind, "path": None, "started_at": r.index["started_at"], "size": r.size,
                        "where": "remote", "verification": r.index.get("verification"), "damaged": False,
                        "reason": None} for r in remote_only])
@@ -84,6 +87,26 @@ def _where(s: Any) -> tuple[dict[str, str], list[Any]]:
     return locations(s)
 
 
+def _age_s(b: Any) -> int:
+    from datetime import UTC, datetime
+
+    return int((datetime.now(UTC) - b.started_at).total_seconds())
+
+
+def age(seconds: float) -> str:
+    """``45s``, ``12m``, ``5h 3m``, ``2d 4h``: how long ago, at a glance (negative: in the future)."""
+    if seconds < 0:
+        return "in the future"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
 def print_list(s: Any) -> None:
     from stackops.backupset import scan
     from stackops.report import human_bytes
@@ -98,18 +121,19 @@ def print_list(s: Any) -> None:
         v = b.verification
         verified = "never" if not v else f"{'ok' if v['ok'] else 'FAILED'} {v['verified_at'][:19]} " \
                                          f"({v['restore_seconds']}s)"
-        rows.append([b.id, b.kind, b.manifest["started_at"][:19], f"{b.manifest['duration_s']}s",
+        rows.append([b.id, b.kind, b.manifest["started_at"][:19], age(_age_s(b)), f"{b.manifest['duration_s']}s",
                      human_bytes(b.size), b.manifest.get("migration_head") or "-", verified, where.get(b.id, "local")])
     for r in remote_only:
-        rows.append([r.id, r.kind, r.index["started_at"][:19], "-", human_bytes(r.size), "-",
+        rows.append([r.id, r.kind, r.index["started_at"][:19], "-", "-", human_bytes(r.size), "-",
                      "ok (before push)" if (r.index.get("verification") or {}).get("ok") else "-", "remote"])
     rows.sort(key=lambda row: row[2], reverse=True)
-    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", f"unusable: {d.reason}", "local"] for d in damaged]
-    print(table(["backup", "kind", "started (UTC)", "took", "size", "migration", "verified", "where"], rows))
+    rows += [[d.id, "DAMAGED", "-", "-", "-", "-", "-", f"unusable: {d.reason}", "local"] for d in damaged]
+    print(table(["backup", "kind", "started (UTC)", "age", "took", "size", "migration", "verified", "where"], rows))
 
 
-@task(help={"backup": "backup id or folder (default: the newest)", "latest": "verify the newest backup",
-            "all": "verify every backup", "env": ENV_HELP, "json": JSON_HELP})
+@task(help={"backup": "backup id or folder (default: the newest)",
+            "latest": "verify the newest backup", "all": "verify every backup (damaged ones too: they fail)",
+            "env": ENV_HELP, "json": JSON_HELP})
 @guarded
 def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     """Restore into a scratch database, compare with the manifest, record the result."""
@@ -117,7 +141,7 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     from stackops.verify import verify_backup
 
     s = settings(c, env)
-    report = reporter()
+    report = reporter(json)
     rt = runtime(s, report)
     sets, damaged = scan(s)
     # --all: the damaged ones too (each is recorded and reported as FAILED)
@@ -125,6 +149,7 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     if latest:
         refs = ["latest"]
     results = [verify_backup(s, rt, ref, report=report) for ref in refs]
+    report.summary(f"verify of {len(results)} backup(s)")
     if json:
         print_json(results)
     else:
@@ -146,7 +171,9 @@ def prune(c, env=None, dry_run=False, yes=False, json=False):
     plan, decisions = prune_plan(s)
     if not dry_run and not plan.nothing_to_do:
         confirm(plan, yes)
-        decisions = do_prune(s, report=reporter(), confirmed={d.backup.id for d in decisions if not d.keep})
+        report = reporter(json)
+        decisions = do_prune(s, report=report, confirmed={d.backup.id for d in decisions if not d.keep})
+        report.summary("prune")
     if json:
         print_json([{"id": d.backup.id, "kind": d.backup.kind, "covers": list(d.covers), "keep": d.keep,
                      "reasons": list(d.reasons), "dry_run": dry_run}

@@ -47,6 +47,10 @@ def show_status(rt: Any, s: Any, as_json: bool) -> bool:
     accepts = {True: "accepts connections", False: "REFUSES CONNECTIONS", None: "not reachable"}
     print(f"live database: {swap['live_database']} ({accepts[swap['accepts_connections']]}); interrupted restore: "
           f"{swap['interrupted_restore'] or 'none'}")
+    if not any(x.state in ("running", "external") for x in services):
+        kept = [x.data_dir for x in services if x.name != "uploads" and x.data_dir not in ("", "-")]
+        print(f"environment {s.env.name} is stopped — its data is kept ({'; '.join(kept) or 'no data yet'}); "
+              f"start it with `invoke env.up --env {s.env.name}`")
     return healthy and swap["interrupted_restore"] is None and swap["accepts_connections"] is not False
 
 

@@ -29,7 +29,7 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
     from stackops.restore import restore_database, restore_plan
 
     s = settings(c, env)
-    report = reporter()
+    report = reporter(as_json)
     if s.offsite.enabled:
         from stackops.offsite import pull_set, remote_only
 
@@ -47,6 +47,7 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
         return
     result = restore_database(s, rt, backup, report=report, uploads=uploads, newest_migration=newest,
                               approve=lambda counts_plan: confirm(counts_plan, yes))
+    report.summary(f"restore of {result.source}")
     if as_json:
         print_json(result)
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from stackops.config import Settings
@@ -33,6 +34,18 @@ class ServiceStatus:
     data_dir: str
     size_bytes: int | None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class DataVolume:
+    """Where one service's data lives: a Docker volume (compose) or a folder (local runtime, uploads)."""
+
+    service: str
+    name: str             # the guide's name (postgres_dev_data) or the folder
+    kind: str             # volume | folder
+    location: str         # Docker's volume name / the mountpoint, or the folder's path
+    size_bytes: int | None
+    exists: bool
 
 
 class Runtime(abc.ABC):
@@ -58,6 +71,16 @@ class Runtime(abc.ABC):
     def status(self) -> list[ServiceStatus]:
         """One row per service; never raises because a service is down."""
 
+    def data_volumes(self) -> list[DataVolume]:
+        """Where the environment's data lives, running or not (default: each service's data folder)."""
+        out = []
+        for x in self.status():
+            if x.data_dir in ("", "-") or x.state == "external":
+                continue
+            path = Path(x.data_dir)
+            out.append(DataVolume(x.name, str(path), "folder", str(path), x.size_bytes, path.exists()))
+        return out
+
     # ----- data access -----------------------------------------------------------------------------
     @abc.abstractmethod
     def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
@@ -67,6 +90,13 @@ class Runtime(abc.ABC):
     def pg_cmd(self, tool: str) -> Cmd:
         """A PostgreSQL client tool (pg_dump, pg_restore, psql, ...) of a version that can read the
         server, connected through its environment (never argv). See the streaming rule above."""
+
+    def psql_session(self, extra_env: dict[str, str], *, terminal: bool) -> Cmd:
+        """An interactive ``psql`` on the environment's database with ``extra_env`` (e.g. PGOPTIONS) set,
+        the password through the environment or a password file as ``pg_cmd`` does, never argv.
+        ``terminal``: stdin is a terminal (a runtime that relays it allocates one)."""
+        cmd = self.pg_cmd("psql")
+        return Cmd(cmd.argv, {**cmd.env, **extra_env}, cmd.user, cmd.cwd)
 
     @abc.abstractmethod
     def server_major(self) -> int:

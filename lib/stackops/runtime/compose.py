@@ -28,7 +28,7 @@ from stackops.files import dir_size
 from stackops.pg import parse_major
 from stackops.proc import Cmd, run, spawn, which
 from stackops.report import Reporter
-from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.runtime.base import DataVolume, Runtime, ServiceStatus
 from stackops.runtime.docker import DOCKER_INSTALL, compose_argv, docker_client, image_missing_error
 from stackops.secretcheck import refuse_weak_secrets
 
@@ -50,7 +50,10 @@ def _health_log_tail(container: Any) -> str:
     if not log:
         return ""
     out = str(log[-1].get("Output", "")).strip().splitlines()
-    return out[-1][:200] if out else f"exit {log[-1].get('ExitCode')}"
+    if not out:
+        return f"exit {log[-1].get('ExitCode')}"
+    line = out[-1]
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " …"  # never cut mid-word
 
 
 class ComposeRuntime(Runtime):
@@ -230,6 +233,16 @@ class ComposeRuntime(Runtime):
             argv += ["-e", name]  # no "=value": the docker CLI copies it from its own environment
         return Cmd([*argv, str(c.id), tool], env=env)
 
+    def psql_session(self, extra_env: dict[str, str], *, terminal: bool) -> Cmd:
+        """``docker exec -i [-t] -e NAME... <database container> psql``: values copied from the environment."""
+        cmd = self.pg_cmd("psql")
+        argv = list(cmd.argv)
+        at = argv.index("exec") + 1
+        argv[at:at] = ["-t"] if terminal else []
+        for name in sorted(extra_env):
+            argv[at:at] = ["-e", name]
+        return Cmd(argv, {**cmd.env, **extra_env}, cmd.user, cmd.cwd)
+
     def redis_url(self) -> str:
         host, port = self._address(self.container(REDIS), SERVICE_PORTS[REDIS])
         return f"redis://{host}:{port}/0"
@@ -400,6 +413,44 @@ class ComposeRuntime(Runtime):
         report.step(f"pulling missing images for {self.env.name}")
         self._compose_streamed(["pull", "--policy", "missing", "--ignore-buildable"], report)
 
+    def _declared_volumes(self) -> dict[str, list[str]]:
+        """service -> the named volumes its compose definition mounts (empty when the files are invalid)."""
+        try:
+            services = self.config().get("services", {})
+        except ConfigError:
+            return {}
+        return {name: [str(v["source"]) for v in svc.get("volumes") or []
+                       if isinstance(v, dict) and v.get("type") == "volume" and v.get("source")]
+                for name, svc in services.items()}
+
+    def data_volumes(self) -> list[DataVolume]:
+        """The project's named volumes under the guide's names (what `docker volume ls` shows, with
+        sizes from `docker system df`), then the uploads folder bound into the backend."""
+        sizes: dict[str, int] = {}
+        try:
+            for v in self.client.df().get("Volumes") or []:
+                size = (v.get("UsageData") or {}).get("Size")
+                if isinstance(size, int) and size >= 0:
+                    sizes[v["Name"]] = size
+        except Exception:  # sizes are informative only
+            sizes = {}
+        users: dict[str, str] = {}
+        for service, c in self.containers().items():
+            for m in c.attrs.get("Mounts") or []:
+                if m.get("Type") == "volume":
+                    users[str(m.get("Name"))] = service
+        declared = self.config().get("volumes") or {}
+        found = self.volumes()
+        out = []
+        for name in sorted(set(declared) | set(found)):
+            docker_name = found.get(name) or str((declared.get(name) or {}).get("name") or f"{self.project}_{name}")
+            out.append(DataVolume(users.get(docker_name, "-"), name, "volume", docker_name, sizes.get(docker_name),
+                                  name in found))
+        uploads = self.env.uploads_dir
+        out.append(DataVolume("uploads", str(uploads), "folder", str(uploads),
+                              dir_size(uploads) if uploads.is_dir() else None, uploads.is_dir()))
+        return out
+
     # ----- protocol: status ------------------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
         containers = self.containers()
@@ -418,10 +469,19 @@ class ComposeRuntime(Runtime):
             services = self.services()
         except ConfigError:
             services = sorted(containers)
+        declared = self._declared_volumes()
         for service in services:
             c = containers.get(service)
             if c is None:
-                out.append(ServiceStatus(service, "missing", None, None, None, "-", None, "no container"))
+                kept = [name for name in declared.get(service, []) if name in volumes]
+                if kept:
+                    size = sum(sizes.get(volumes[name], 0) for name in kept)
+                    where = ", ".join(f"volume {name}" for name in kept)
+                    out.append(ServiceStatus(service, "stopped", None, None, None, where, size,
+                                             f"stopped — data kept in {where}"))
+                else:
+                    out.append(ServiceStatus(service, "stopped", None, None, None, "-", None,
+                                             "stopped — no container (holds no data of its own)"))
                 continue
             state = c.attrs.get("State", {})
             running = state.get("Status") == "running"

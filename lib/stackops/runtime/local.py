@@ -355,11 +355,15 @@ class LocalRuntime(Runtime):
             shutil.rmtree(self.redis_dir, ignore_errors=True)
             (self.state / LOCAL_MARKER).unlink(missing_ok=True)
 
+    @staticmethod
+    def _kept(folder: Path) -> str:
+        return f"stopped — data kept in folder {folder}" if folder.exists() else "stopped — no data yet"
+
     def status(self) -> list[ServiceStatus]:
         pg_pid = self._pg_running()
-        pg_ok, pg_detail = self._pg_healthy() if pg_pid else (False, "stopped")
+        pg_ok, pg_detail = self._pg_healthy() if pg_pid else (False, self._kept(self.pg_data))
         redis_pid = self._redis_running()
-        redis_ok, redis_detail = self._redis_healthy() if redis_pid else (False, "stopped")
+        redis_ok, redis_detail = self._redis_healthy() if redis_pid else (False, self._kept(self.redis_dir))
         uploads = self.env.uploads_dir
         return [
             ServiceStatus("postgres", "running" if pg_pid else "stopped", pg_ok if pg_pid else None,
