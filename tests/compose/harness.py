@@ -48,7 +48,10 @@ def harness_environ(work: Path = WORK) -> dict[str, str]:
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}\n")
+    from ci.images import standin_environ  # the stand-ins, never real images' names (CI has no registry)
+
     out = {
+        **standin_environ(ROOT),
         "PROD_ENV_FILE": str(env_file),
         "DATABASE_CONTAINER_NAME": f"{project('dev')}-database",
         # the prod backup service stays idle unless a test shortens its schedule
