@@ -53,7 +53,6 @@ RETIRED_TAGS = {
     "postgres": "postgres:15", "redis": "redis:7", "python": "python:3.11-slim",
     "backend": "impactbot-v2-backend:local", "backend-broken": "impactbot-v2-backend:broken",
 }
-PIP_EXCLUDE = {"nox"}  # the ops image runs tasks, not test sessions
 
 
 class ImageBuildError(StackopsError):
@@ -158,12 +157,7 @@ def _hash_tree(h: Any, folder: Path, prefix: str) -> None:
 def _requirements(root: Path) -> list[str]:
     with (root / "pyproject.toml").open("rb") as f:
         deps: list[str] = tomllib.load(f)["project"]["dependencies"]
-    keep = []
-    for dep in deps:
-        name = dep.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
-        if name not in PIP_EXCLUDE:
-            keep.append(dep.split("#")[0].strip())
-    return keep
+    return [dep.split("#")[0].strip() for dep in deps]
 
 
 def _ops_sources(root: Path) -> Iterator[tuple[Path, str]]:
