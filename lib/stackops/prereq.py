@@ -56,18 +56,19 @@ def _program(name: str, package: str) -> Check:
     return Check(name, path is not None, path or "not found", _apt_install_cmd([package]))
 
 
-def _module(name: str, dist: str) -> Check:
+def _module(name: str, dist: str, required: bool = True) -> Check:
     ok = importlib.util.find_spec(name) is not None
-    return Check(f"python: {dist}", ok, "importable" if ok else "not installed",
-                 f"{sys.executable} -m pip install -e '.[dev]'")
+    return Check(f"python: {dist}" + ("" if required else " (development only)"), ok,
+                 "importable" if ok else "not installed", f"{sys.executable} -m pip install -e '.[dev]'", required)
 
 
 def doctor_checks() -> list[Check]:
     """Every prerequisite, found or missing, each with the exact command that installs it."""
     checks = [Check("python >= 3.11", sys.version_info >= (3, 11), sys.version.split()[0],
                     "apt-get install -y python3")]
-    checks += [_module(m, d) for m, d in (("invoke", "invoke"), ("nox", "nox"), ("psycopg", "psycopg"),
-                                           ("docker", "docker"), ("redis", "redis"), ("pytest", "pytest"))]
+    checks += [_module(m, d) for m, d in (("invoke", "invoke"), ("psycopg", "psycopg"), ("docker", "docker"),
+                                           ("redis", "redis"))]
+    checks += [_module(m, m, required=False) for m in ("nox", "pytest")]  # the dev/test extras only
     pg = None
     base = "/usr/lib/postgresql"
     if os.path.isdir(base):

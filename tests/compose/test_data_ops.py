@@ -23,25 +23,25 @@ def _migration_states(env: str, db: OwnDatabase) -> list[str]:
 
 def test_migrate_apply_check_rollback_on_compose(it_env: str, own_db: OwnDatabase) -> None:
     db = own_db
+    yes = ["--yes"] if it_env == "prod" else []  # prod confirms migrations and rollbacks (no terminal here)
     assert set(_migration_states(it_env, db)) == {"pending"}
-    applied = json.loads(cli("migrate.apply", "--env", it_env, "--json", extra_env=db.cli_env).stdout)
+    applied = json.loads(cli("migrate.apply", "--env", it_env, *yes, "--json", extra_env=db.cli_env).stdout)
     assert applied["applied"] and applied["backup_id"]  # the pre-migration backup was taken through docker exec
     assert set(_migration_states(it_env, db)) == {"applied"}
     check = cli("migrate.check", "--env", it_env, "--json", check=False, extra_env=db.cli_env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert json.loads(check.stdout)["ok"] is True
 
-    yes = ["--yes"] if it_env == "prod" else []
     rolled = cli("migrate.rollback", "--env", it_env, *yes, "--json", check=False, extra_env=db.cli_env)
     assert rolled.returncode == 0, rolled.stderr
     assert "pending" in _migration_states(it_env, db)
-    cli("migrate.apply", "--env", it_env, extra_env=db.cli_env)
+    cli("migrate.apply", "--env", it_env, *yes, extra_env=db.cli_env)
     assert set(_migration_states(it_env, db)) == {"applied"}
 
 
 def _populate(db: OwnDatabase, it_env: str) -> None:
     rt = db.rt
-    cli("migrate.apply", "--env", it_env, extra_env=db.cli_env)  # the schema the sample data needs
+    cli("migrate.apply", "--env", it_env, "--yes", extra_env=db.cli_env)  # the schema the sample data needs
     if it_env != "prod":  # sample data is refused in production, as the guide says
         cli("db.seed", "--env", it_env, extra_env=db.cli_env)
     with connect(rt) as conn:

@@ -35,6 +35,7 @@ from stackops.secretcheck import refuse_weak_secrets
 __all__ = ["ComposeRuntime", "compose_argv", "docker_client"]
 
 DATABASE, REDIS, BACKEND = "database", "redis", "backend"
+OFFLINE_HINT = "run `invoke images.build`, then `invoke images.env >> compose/.env` to use the stand-in images"
 DATA_SERVICES = (DATABASE, REDIS, BACKEND)  # must be healthy after up
 SERVICE_PORTS = {DATABASE: 5432, REDIS: 6379, BACKEND: 8000}
 CLEAN_START_LABEL = "stackops.clean-start"
@@ -312,8 +313,8 @@ class ComposeRuntime(Runtime):
         missing = self._missing_images()
         if missing and pull in ("never", "missing"):
             report.warn(f"images not present locally: {', '.join(missing)} — "
-                        + ("compose will try to pull them; offline, run `invoke images.build` first"
-                           if pull == "missing" else "run `invoke images.build` first"))
+                        + ("compose will try to pull them; " if pull == "missing" else "")
+                        + f"offline: {OFFLINE_HINT}")
         report.step(f"starting {self.env.name} (compose project {self.project})")
         args = ["up", "--detach", "--remove-orphans", "--pull", pull]
         if build:
@@ -325,7 +326,7 @@ class ComposeRuntime(Runtime):
         except ServiceError as exc:
             if missing:
                 raise ServiceError(f"{exc}; images missing locally: {', '.join(missing)} "
-                                   "(offline: run `invoke images.build`)") from exc
+                                   f"(offline: {OFFLINE_HINT})") from exc
             raise
         self.wait_healthy(report, timeout=timeout)
 
