@@ -180,7 +180,7 @@ def test_kill_9_before_anything_stopped_is_just_cleared(stack: tuple[Fresh, dict
 
 def test_predeploy_fails_on_squawk_and_on_a_stale_backup_and_passes_otherwise(
         stack: tuple[Fresh, dict[str, str]], migrations_dir: Path) -> None:
-    fresh, env = stack
+    _, env = stack
     stale = invoke_cli("predeploy", "--env", "test", "--json", env=env)  # no verified backup at all
     assert stale.returncode == PredeployFailed.exit_code, stale.stderr
     rows = {c["name"]: c["ok"] for c in json.loads(stale.stdout)["checks"]}

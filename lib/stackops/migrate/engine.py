@@ -15,6 +15,7 @@ undo did.
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -303,6 +304,13 @@ def _select(files: Sequence[MigrationFile], st: MigrationStatus, path: str | Non
             raise MigrationError(f"{path} is not in the migrations folder {settings.migrations.directory}: "
                                  "move it there (or create it with `invoke migrate.create NAME`)")
     match = [f for f in files if f.filename == given.name]
+    guide = re.fullmatch(r"(\d{8})_([a-z0-9_]+)\.sql", given.name)
+    if not match and guide:  # the guide's `migrations/20240618_add_new_feature.sql` for what `create` named
+        named = [f for f in files if f.name == guide[2]]  # 20261130093015_add_new_feature.sql
+        match = [f for f in named if f.version.startswith(guide[1])] or named
+        if len(match) > 1:
+            raise MigrationError(f"{given.name} could mean {', '.join(f.filename for f in match)}: "
+                                 "give the full file name")
     if not match:
         raise MigrationError(f"no migration {given.name} in {settings.migrations.directory}: "
                              "`invoke migrate.status` lists the migrations")
