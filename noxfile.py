@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nox
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tests.compose.harness import compose_session
 
 nox.options.sessions = ["lint", "typecheck", "tests", "compose"]
 nox.options.reuse_existing_virtualenvs = True
@@ -26,14 +20,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy (strict) over the helper library."""
+    """mypy (strict) over the helper library and ci/."""
     session.install("-e", ".[dev]")
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """pytest: unit tests and integration tests on real PostgreSQL and Redis (local runtime)."""
+    """pytest: unit tests (with the Docker-free compose-file checks) and integration tests on real
+    PostgreSQL and Redis (local runtime), in random order (pytest-randomly; `-p no:randomly` for file order)."""
     session.install("-e", ".[test]")
     # redis-server and zstd: installed with apt when missing and root, else the exact command is printed
     session.run("python", "-c", "from stackops.prereq import ensure_programs; from stackops.report import "
@@ -44,11 +39,15 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 @nox.parametrize("env", ["dev", "test", "prod"])
 def compose(session: nox.Session, env: str) -> None:
-    """One compose environment on a real Docker engine: up via stackops, tests/compose, down."""
+    """One compose environment on a real Docker engine: tests/compose against it (in dev also the
+    integration suite on the compose runtime). pytest-docker brings the harness projects up and down
+    (tests/compose/harness.py); this session only prepares Docker and names the environment."""
     session.install("-e", ".[test]")
-    # docker.io, debootstrap, compose v2, dockerd and the offline images: seconds when all are there
+    # docker.io, debootstrap, compose v2, dockerd and the stand-in images: seconds when all are there
     session.run("bash", ".ci/setup-docker", external=True)
-    compose_session(session, env)
+    suites = ["tests/compose", "tests/integration"] if env == "dev" else ["tests/compose"]
+    runtime = {"STACKOPS_IT_RUNTIME": "compose"} if env == "dev" else {}
+    session.run("pytest", *suites, *session.posargs, env={"STACKOPS_IT_ENV": env, **runtime})
 
 
 @nox.session(python=PYTHON, default=False)

@@ -12,15 +12,15 @@ from pathlib import Path
 from invoke import Collection, task
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT / "lib") not in sys.path:  # works before `pip install -e .` too
-    sys.path.insert(0, str(ROOT / "lib"))
+for _path in (ROOT, ROOT / "lib"):  # ci/ beside this file; lib/ works before `pip install -e .` too
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from stackops.cli import ENV_HELP, guarded, reporter, runtime, settings  # noqa: E402
 from stackops.cli import backup as backup_tasks  # noqa: E402
 from stackops.cli import check as check_tasks  # noqa: E402
 from stackops.cli import db as db_tasks  # noqa: E402
 from stackops.cli import env as env_tasks  # noqa: E402
-from stackops.cli import images as images_tasks  # noqa: E402
 from stackops.cli import migrate as migrate_tasks  # noqa: E402
 from stackops.cli import monitor as monitor_tasks  # noqa: E402
 from stackops.cli import offsite as offsite_tasks  # noqa: E402
@@ -72,6 +72,10 @@ ns.add_task(check_tasks.check)
 ns.add_task(update_tasks.update)
 ns.add_task(update_tasks.predeploy)
 ns.add_task(report_tasks.report)
-for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, monitor_tasks, images_tasks, pitr_tasks):
+for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, monitor_tasks, pitr_tasks):
     ns.add_collection(sub.ns)
+if (ROOT / "ci").is_dir():  # images.*: stand-in images for machines without a registry (the ops image has no ci/)
+    from ci.tasks import ns as images_ns
+
+    ns.add_collection(images_ns)
 ns.configure({"stackops_root": str(ROOT)})

@@ -26,9 +26,12 @@ from stackops.report import NullReporter
 
 ROOT = Path(__file__).resolve().parents[1]
 # The runtime the integration tests run on: the local runtime (a private cluster started here), or
-# the compose runtime of a harness project that `nox -s "compose(env='dev')"` brought up (it owns that
-# lifecycle and sets STACKOPS_IT_RUNTIME=compose and STACKOPS_IT_ENV).
+# with STACKOPS_IT_RUNTIME=compose the compose runtime of the harness project STACKOPS_IT_ENV, which
+# the compose harness's pytest-docker fixtures bring up and down (`nox -s "compose(env='dev')"`).
 IT_RUNTIME = os.environ.get("STACKOPS_IT_RUNTIME", "local")
+# The compose harness (its variables and pytest-docker lifecycle fixtures), for tests/compose and for
+# the integration suite on the compose runtime.
+pytest_plugins = ["tests.compose.harness"]
 
 
 def free_port() -> int:
@@ -105,15 +108,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def harness(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Harness]:
     base = tmp_path_factory.mktemp("harness")
     base.chmod(0o755)
     if IT_RUNTIME == "compose":
-        settings = invoke_settings(os.environ["STACKOPS_IT_ENV"])
-        if not settings.env.compose_project.startswith("stackops-it-"):
-            pytest.exit(f"refusing to test against compose project {settings.env.compose_project}: "
-                        "not a harness project")
-        yield Harness(settings, base)  # nox owns this project's lifecycle
+        from tests.compose.harness import settings_for
+
+        env = request.getfixturevalue("compose_stack")  # pytest-docker owns the project's lifecycle
+        yield Harness(settings_for(env), base)
         return
     settings = make_settings(
         "test", runtime="local", state_dir=str(base / "state"),

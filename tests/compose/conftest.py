@@ -1,9 +1,10 @@
-"""Fixtures of the compose acceptance tests (real Docker engine, real docker compose).
+"""Helpers of the compose acceptance tests (real Docker engine, real docker compose).
 
-The lifecycle belongs to nox (`nox -s "compose(env='dev')"`, see tests/compose/harness.py): it brings
-the harness dev, test and prod projects up through `invoke env.up` and sets STACKOPS_IT_ENV to the
-environment under test. Outside such a session these tests are skipped; inside one, a missing engine
-or a stopped environment fails them. Every runtime here is checked to be a harness project first.
+The container lifecycle belongs to pytest-docker, through the fixtures of tests/compose/harness.py
+(`compose_stack` and `rt` for the environment under test, `all_envs` for dev, test and prod at once).
+STACKOPS_IT_ENV names the environment under test (`nox -s "compose(env='dev')"` sets it; so can you:
+`STACKOPS_IT_ENV=test pytest tests/compose`). Without it these tests are skipped; with it, a missing
+engine or image fails them. Every runtime here is checked to be a harness project first.
 """
 
 from __future__ import annotations
@@ -15,56 +16,31 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from stackops.config import Settings
 from stackops.proc import Cmd, run
 from stackops.report import NullReporter
-from tests.compose.harness import ENVS, PREFIX, ROOT
-from tests.conftest import invoke_settings
+from stackops.runtime.compose import ComposeRuntime
+from tests.compose.harness import IT_ENV, ROOT
 from tests.conftest import table_hashes as hashes_of
-
-IT_ENV = os.environ.get("STACKOPS_IT_ENV", "")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IT_ENV:
         return
-    skip = pytest.mark.skip(reason="compose acceptance tests run inside `nox -s \"compose(env='dev')\"` "
-                                   "(the session brings the harness environments up)")
+    skip = pytest.mark.skip(reason="compose acceptance tests need STACKOPS_IT_ENV=dev|test|prod "
+                                   "(`nox -s \"compose(env='dev')\"` sets it)")
     for item in items:
         if item.get_closest_marker("compose") is not None:
             item.add_marker(skip)
-
-
-def settings_for(env: str) -> Settings:
-    """The settings `invoke ... --env env` sees in this process (invoke.yaml + INVOKE_* variables)."""
-    s = invoke_settings(env)
-    if not s.env.compose_project.startswith(PREFIX + "-"):
-        pytest.exit(f"refusing to test against compose project {s.env.compose_project}: not a harness project")
-    return s
-
-
-def runtime_for(env: str) -> Any:
-    from stackops.runtime.compose import ComposeRuntime
-
-    return ComposeRuntime(settings_for(env))
-
-
-@pytest.fixture(scope="session")
-def it_env() -> str:
-    assert IT_ENV in ENVS, f"STACKOPS_IT_ENV={IT_ENV!r}: expected one of {ENVS}"
-    return IT_ENV
-
-
-@pytest.fixture
-def rt(it_env: str) -> Any:
-    return runtime_for(it_env)
 
 
 def cli(*args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -142,3 +118,29 @@ def healthy_after(rt: Any) -> Iterator[Any]:
     """Leaves the environment healthy for the next test whatever this one did to it."""
     yield rt
     rt.wait_healthy(NullReporter(), timeout=180)
+
+
+@dataclass
+class OwnDatabase:
+    """A test's own database on the environment's server: ``rt`` points at it, ``cli_env`` points
+    `invoke ... --env <env>` at it."""
+
+    rt: ComposeRuntime
+    cli_env: dict[str, str]
+
+
+@pytest.fixture
+def own_db(rt: ComposeRuntime) -> Iterator[OwnDatabase]:
+    """A new empty database beside the environment's own, dropped afterwards with every copy a restore
+    or verify left beside it: the test needs no other test's state and leaves none."""
+    name = f"it_{uuid.uuid4().hex[:10]}"
+    with connect(rt, "postgres") as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    own = ComposeRuntime(replace(rt.settings, env=replace(rt.env, db_name=name)))
+    try:
+        yield OwnDatabase(own, {f"INVOKE_STACKOPS_ENVS_{rt.env.name.upper()}_DB_NAME": name})
+    finally:
+        with connect(rt, "postgres") as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (name + "%",)).fetchall()
+            for (db,) in rows:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))

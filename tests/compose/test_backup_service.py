@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from stackops.report import NullReporter
-from tests.compose.conftest import cli, compose, runtime_for, wait_for
+from tests.compose.conftest import cli, compose, wait_for
+from tests.compose.harness import IT_ENV
 
-pytestmark = pytest.mark.compose
+pytestmark = [pytest.mark.compose,
+              pytest.mark.skipif(IT_ENV != "prod", reason="runs in the prod session (the service exists only in prod)")]
 
 
 def _backups() -> list[dict[str, Any]]:
@@ -29,10 +31,7 @@ def _recreate_backup_service(rt: Any, **variables: str) -> None:
     compose(rt, "up", "-d", "--no-deps", "--force-recreate", "backup", extra_env=variables)
 
 
-def test_backup_service_takes_verified_backups_on_schedule_and_reports_their_age(it_env: str) -> None:
-    if it_env != "prod":
-        pytest.skip("runs in the prod session (the service exists only in prod)")
-    rt = runtime_for("prod")
+def test_backup_service_takes_verified_backups_on_schedule_and_reports_their_age(rt: Any) -> None:
     known = {b["id"] for b in _backups()}
     try:
         _recreate_backup_service(rt, BACKUP_FIRST_DELAY="0", BACKUP_INTERVAL="600", BACKUP_MAX_AGE="3600",

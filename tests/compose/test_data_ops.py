@@ -1,46 +1,49 @@
 """stackops' data operations on the compose runtime, through the real CLI: migrate apply / rollback /
 check, and the backup -> wipe -> restore round trip (byte-identical rows and upload files, also as the
-backend container sees them through its bind mount)."""
+backend container sees them through its bind mount). Each test works on its own database on the
+environment's server (`own_db`), so it needs no other test's state."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any
 
 import pytest
 
-from tests.compose.conftest import backend_sha256, cli, connect, table_hashes, tree
+from tests.compose.conftest import OwnDatabase, backend_sha256, cli, connect, table_hashes, tree
 
 pytestmark = pytest.mark.compose
 
 
-def _migration_states(env: str) -> list[str]:
-    out = json.loads(cli("migrate.status", "--env", env, "--json").stdout)
+def _migration_states(env: str, db: OwnDatabase) -> list[str]:
+    out = json.loads(cli("migrate.status", "--env", env, "--json", extra_env=db.cli_env).stdout)
     return [e["state"] for e in out["entries"]]
 
 
-def test_migrate_apply_check_rollback_on_compose(it_env: str) -> None:
-    assert set(_migration_states(it_env)) == {"pending"}
-    applied = json.loads(cli("migrate.apply", "--env", it_env, "--json").stdout)
+def test_migrate_apply_check_rollback_on_compose(it_env: str, own_db: OwnDatabase) -> None:
+    db = own_db
+    assert set(_migration_states(it_env, db)) == {"pending"}
+    applied = json.loads(cli("migrate.apply", "--env", it_env, "--json", extra_env=db.cli_env).stdout)
     assert applied["applied"] and applied["backup_id"]  # the pre-migration backup was taken through docker exec
-    assert set(_migration_states(it_env)) == {"applied"}
-    check = cli("migrate.check", "--env", it_env, "--json", check=False)
+    assert set(_migration_states(it_env, db)) == {"applied"}
+    check = cli("migrate.check", "--env", it_env, "--json", check=False, extra_env=db.cli_env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert json.loads(check.stdout)["ok"] is True
 
     yes = ["--yes"] if it_env == "prod" else []
-    rolled = cli("migrate.rollback", "--env", it_env, *yes, "--json", check=False)
+    rolled = cli("migrate.rollback", "--env", it_env, *yes, "--json", check=False, extra_env=db.cli_env)
     assert rolled.returncode == 0, rolled.stderr
-    assert "pending" in _migration_states(it_env)
-    cli("migrate.apply", "--env", it_env)  # leave the real schema in place for the next tests
-    assert set(_migration_states(it_env)) == {"applied"}
+    assert "pending" in _migration_states(it_env, db)
+    cli("migrate.apply", "--env", it_env, extra_env=db.cli_env)
+    assert set(_migration_states(it_env, db)) == {"applied"}
 
 
-def _populate(rt: Any, it_env: str) -> None:
+def _populate(db: OwnDatabase, it_env: str) -> None:
+    rt = db.rt
+    cli("migrate.apply", "--env", it_env, extra_env=db.cli_env)  # the schema the sample data needs
     if it_env != "prod":  # sample data is refused in production, as the guide says
-        cli("db.seed", "--env", it_env)
+        cli("db.seed", "--env", it_env, extra_env=db.cli_env)
     with connect(rt) as conn:
         conn.execute("DROP TABLE IF EXISTS it_blobs")
         conn.execute("CREATE TABLE it_blobs (id bigserial PRIMARY KEY, name text NOT NULL, body bytea, "
@@ -55,11 +58,12 @@ def _populate(rt: Any, it_env: str) -> None:
     (up / "empty").write_bytes(b"")
 
 
-def test_backup_wipe_restore_round_trip_is_byte_identical(it_env: str, rt: Any) -> None:
-    _populate(rt, it_env)
+def test_backup_wipe_restore_round_trip_is_byte_identical(it_env: str, own_db: OwnDatabase) -> None:
+    _populate(own_db, it_env)
+    rt = own_db.rt
     up = rt.settings.env.uploads_dir
     before_rows, before_files = table_hashes(rt), tree(up)
-    taken = json.loads(cli("backup", "--env", it_env, "--json").stdout)
+    taken = json.loads(cli("backup", "--env", it_env, "--json", extra_env=own_db.cli_env).stdout)
     backup_id = taken["id"]
     assert taken["manifest"]["runtime"] == "compose"
     assert set(taken["manifest"]["image_digests"]) >= {"database", "redis", "backend"}
@@ -74,7 +78,7 @@ def test_backup_wipe_restore_round_trip_is_byte_identical(it_env: str, rt: Any) 
     assert table_hashes(rt) != before_rows and tree(up) != before_files
 
     yes = ["--yes"]
-    restored = cli("restore", backup_id, "--env", it_env, *yes, "--json")
+    restored = cli("restore", backup_id, "--env", it_env, *yes, "--json", extra_env=own_db.cli_env)
     assert json.loads(restored.stdout)["database"]
     assert table_hashes(rt) == before_rows
     assert tree(up) == before_files
@@ -82,5 +86,5 @@ def test_backup_wipe_restore_round_trip_is_byte_identical(it_env: str, rt: Any) 
         assert backend_sha256(rt, rel) == digest, f"the backend does not see the restored {rel}"
     assert backend_sha256(rt, "new.bin") is None
 
-    verified = cli("backup.verify", "--backup", backup_id, "--env", it_env, check=False)
+    verified = cli("backup.verify", "--backup", backup_id, "--env", it_env, check=False, extra_env=own_db.cli_env)
     assert verified.returncode == 0, verified.stdout + verified.stderr

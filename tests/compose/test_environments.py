@@ -1,6 +1,6 @@
 """The guide's three environments on a real Docker engine: isolation, the three data-safe update
-commands, and `down` with volume removal (refused in prod, explicit in dev). Runs last of the compose
-tests (file order) because its final tests stop and recreate the environment under test."""
+commands, and `down` with volume removal (refused in prod, explicit in dev). A test that stops or
+recreates an environment leaves it up and healthy again, so any order works."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 import redis
 
 from stackops.report import NullReporter
+from stackops.runtime.compose import ComposeRuntime
 from tests.compose.conftest import (
     backend_sha256,
     cli,
     compose,
     get_marker,
     put_marker,
-    runtime_for,
     tree,
 )
 from tests.compose.harness import ENVS, PREFIX
@@ -27,10 +27,10 @@ from tests.compose.harness import ENVS, PREFIX
 pytestmark = pytest.mark.compose
 
 
-def test_dev_test_and_prod_run_at_once_each_with_the_guides_volumes() -> None:
+def test_dev_test_and_prod_run_at_once_each_with_the_guides_volumes(all_envs: dict[str, ComposeRuntime]) -> None:
     seen: dict[str, str] = {}
     for env in ENVS:
-        rt = runtime_for(env)
+        rt = all_envs[env]
         status = {s.name: s for s in rt.status()}
         for service in ("database", "redis", "backend"):
             assert status[service].state == "running" and status[service].healthy is True, (env, status[service])
@@ -45,11 +45,11 @@ def test_dev_test_and_prod_run_at_once_each_with_the_guides_volumes() -> None:
         backend = rt.container("backend")
         uploads = {m["Destination"]: m["Source"] for m in backend.attrs["Mounts"]}["/app/uploads"]
         assert uploads == str(rt.settings.env.uploads_dir)
-    assert len({runtime_for(e).settings.env.uploads_dir for e in ENVS}) == 3
+    assert len({all_envs[e].settings.env.uploads_dir for e in ENVS}) == 3
 
 
-def test_prod_publishes_no_database_port_and_is_reached_anyway() -> None:
-    rt = runtime_for("prod")
+def test_prod_publishes_no_database_port_and_is_reached_anyway(all_envs: dict[str, ComposeRuntime]) -> None:
+    rt = all_envs["prod"]
     db = rt.container("database")
     assert not (db.attrs["NetworkSettings"]["Ports"] or {}).get("5432/tcp")
     assert not (rt.container("redis").attrs["NetworkSettings"]["Ports"] or {}).get("6379/tcp")
@@ -63,22 +63,23 @@ def test_prod_publishes_no_database_port_and_is_reached_anyway() -> None:
     assert rt.server_major() == 15
 
 
-def test_a_row_written_in_one_environment_is_absent_in_the_others(it_env: str) -> None:
+def test_a_row_written_in_one_environment_is_absent_in_the_others(
+        it_env: str, all_envs: dict[str, ComposeRuntime]) -> None:
     token = uuid.uuid4().hex
-    put_marker(runtime_for(it_env), "isolation", token)
+    put_marker(all_envs[it_env], "isolation", token)
     for env in ENVS:
-        value = get_marker(runtime_for(env), "isolation")
+        value = get_marker(all_envs[env], "isolation")
         if env == it_env:
             assert value == token
         else:
             assert value != token, f"a row written in {it_env} is visible in {env}"
 
 
-def test_the_guides_monitoring_commands_work_on_dev() -> None:
+def test_the_guides_monitoring_commands_work_on_dev(all_envs: dict[str, ComposeRuntime]) -> None:
     """`docker exec impactbot-v2-database psql -U postgres -d impactbot_v2 -c ...` as the guide prints
     it (the harness names its dev container after its own project)."""
     cli("migrate.apply", "--env", "dev")  # the users table (idempotent)
-    rt = runtime_for("dev")
+    rt = all_envs["dev"]
     name = os.environ["DATABASE_CONTAINER_NAME"]
     assert rt.container("database").name == name
     sizes = subprocess.run(["docker", "exec", name, "psql", "-U", "postgres", "-d", "impactbot_v2", "-c", """
@@ -135,8 +136,8 @@ def test_data_survives_the_guides_safe_update_commands(it_env: str, update: str,
         assert redis.Redis.from_url(rt.redis_url()).get(session_key) == b"alive"
 
 
-def test_prod_refuses_down_with_volume_removal_with_the_guides_reason() -> None:
-    rt = runtime_for("prod")
+def test_prod_refuses_down_with_volume_removal_with_the_guides_reason(all_envs: dict[str, ComposeRuntime]) -> None:
+    rt = all_envs["prod"]
     token = uuid.uuid4().hex
     put_marker(rt, "refusal", token)
     before = rt.volumes()
@@ -148,8 +149,7 @@ def test_prod_refuses_down_with_volume_removal_with_the_guides_reason() -> None:
     assert get_marker(rt, "refusal") == token  # nothing was even stopped
 
 
-def test_down_keeps_data_and_removal_needs_the_explicit_flag(it_env: str) -> None:
-    rt = runtime_for(it_env)
+def test_down_keeps_data_and_removal_needs_the_explicit_flag(it_env: str, rt: ComposeRuntime) -> None:
     token = uuid.uuid4().hex
     put_marker(rt, "flag", token)
     volumes = rt.volumes()

@@ -1,5 +1,5 @@
-"""Static checks of the compose files, the offline image plan and the compose runtime's refusals:
-no Docker engine needed (these run in every compose session, and anywhere with `pytest tests/compose`)."""
+"""Static checks of the compose files, the stand-in image plan (ci/) and the compose runtime's refusals:
+no Docker engine needed, so they run in the default `nox -s tests` session."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stackops import images
+from ci import images
 from stackops.errors import ProtectedEnvironment
 from stackops.report import NullReporter
 from stackops.runtime.compose import ComposeRuntime
@@ -69,13 +69,36 @@ def test_env_example_documents_every_variable_and_holds_no_real_secret() -> None
     assert "POSTGRES_PASSWORD=change-me" in example
 
 
+def test_standins_never_take_a_real_images_name_and_compose_selects_them_by_variable() -> None:
+    plan = images.plan(ROOT)
+    standins = [s for s in plan if s.standin]
+    assert {s.replaces for s in standins if s.replaces} == {"postgres:15", "redis:7", "python:3.11-slim"}
+    for spec in standins:
+        assert spec.tag.startswith(images.STANDIN + "/"), spec.tag
+    own = {s.tag for s in plan if not s.standin}
+    assert own == {"impactbot-v2-ops:local"}  # the project's own image: nothing else has that name
+    # nothing images.build makes sits on a name the compose files default to (or compose builds itself)
+    compose_text = "".join((COMPOSE / name).read_text() for name in FILES)
+    defaults = set(re.findall(r"\$\{[A-Z_]+_IMAGE:-([^}]+)\}", compose_text))
+    assert defaults == {"postgres:15", "redis:7", "python:3.11-slim", "impactbot-v2-backend:local",
+                        "impactbot-v2-ops:local"}
+    assert {s.tag for s in standins} & defaults == set()
+    environ = images.standin_environ(ROOT)
+    assert environ == {"POSTGRES_IMAGE": "stackops-standin/postgres:15", "REDIS_IMAGE": "stackops-standin/redis:7",
+                       "PYTHON_IMAGE": "stackops-standin/python:3.11-slim"}
+    base = load("docker-compose.yml")
+    assert base["services"]["backend"]["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim}"
+    # the retired real-name tags are exactly the names older builds used, each under its own role
+    assert set(images.RETIRED_TAGS.values()) >= {"postgres:15", "redis:7", "python:3.11-slim"}
+    assert set(images.RETIRED_TAGS.values()) & {s.tag for s in plan} == set()
+
+
 def test_image_plan_builds_parents_first_and_hashes_change_with_inputs(tmp_path: Path) -> None:
     plan = images.plan(ROOT)
     order = [s.name for s in plan]
     for spec in plan:
         if spec.parent:
             assert order.index(spec.parent) < order.index(spec.name)
-    assert {s.tag for s in plan if s.public} == {"postgres:15", "redis:7", "python:3.11-slim"}
     assert not any(s.tag.endswith(":latest") for s in plan)  # compose always pulls :latest, even offline
     spec = next(s for s in plan if s.name == "postgres")
     assert spec.context is not None

@@ -1,15 +1,18 @@
-"""Offline stand-in images for the compose environments, for machines that cannot pull.
+"""Offline stand-in images for the compose environments, for machines without an image registry (CI).
+
+Not part of the operators' library: stackops itself never imports this package.
 
 One Debian rootfs made by ``debootstrap --variant=minbase --include=...`` is imported with
-``docker import`` as the base; small ``docker build`` steps put the PostgreSQL 15, Redis 7, Python,
-backend (healthy and broken tags) and ops images on top.
+``docker import`` as the base; small ``docker build`` steps put the PostgreSQL 15, Redis 7 and Python
+stand-ins, a backend that fails its health check, and the ops image on top.
 
-Stand-ins for public images carry the public names the compose files default to (``postgres:15``,
-``redis:7``, ``python:3.11-slim``), so plain ``docker compose up`` works offline without variables.
-They are labelled ``stackops.standin=true``; a real image already present under such a name is never
-overwritten. Every image is labelled with a hash of its inputs (files, build args, parent image id):
-a step whose image exists with the same hash is skipped (``force`` rebuilds), and a changed parent
-rebuilds its children.
+Stand-ins never take a real image's name: they live under ``stackops-standin/`` (e.g.
+``stackops-standin/postgres:15``), and the compose files use them only when POSTGRES_IMAGE, REDIS_IMAGE
+and PYTHON_IMAGE name them (``standin_environ()``, ``invoke images.env``); a later ``pull`` on a machine
+with a registry therefore always gets the real images. An older build tagged stand-ins with the real
+names (``postgres:15``, ...); ``build`` removes those tags. Every image is labelled with a hash of its
+inputs (files, build args, parent image id): a step whose image exists with the same hash is skipped
+(``force`` rebuilds), and a changed parent rebuilds its children.
 """
 
 from __future__ import annotations
@@ -41,10 +44,15 @@ ROOTFS_PRUNE = (
     "var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info",
     "usr/share/locale", "var/lib/postgresql/15", "etc/postgresql/15/main",
 )
+STANDIN = "stackops-standin"  # the repository prefix of every stand-in: never a real image's name
 LABEL_STANDIN = "stackops.standin"
 LABEL_HASH = "stackops.input-hash"
 LABEL_ROLE = "stackops.image"
-PIP_EXCLUDE = {"nox"}  # the ops image runs tasks, not test sessions
+# Tags that older builds gave their images (by role label); `build` removes them, `list_images` shows them.
+RETIRED_TAGS = {
+    "postgres": "postgres:15", "redis": "redis:7", "python": "python:3.11-slim",
+    "backend": "impactbot-v2-backend:local", "backend-broken": "impactbot-v2-backend:broken",
+}
 
 
 class ImageBuildError(StackopsError):
@@ -60,7 +68,9 @@ class ImageSpec:
     parent: str | None            # short name of the image it builds FROM (None: the rootfs import)
     context: Path | None          # folder holding the Dockerfile (None for the base and the ops image)
     buildargs: dict[str, str] = field(default_factory=dict)
-    public: bool = False          # tagged with a public image name: never replace a real image
+    replaces: str | None = None   # the real image this stands in for (never tagged with its name)
+    variable: str | None = None   # the compose variable that selects it instead of the real image
+    standin: bool = True          # False: the project's own image (ops), not standing in for another
     description: str = ""
 
 
@@ -68,7 +78,7 @@ class ImageSpec:
 class BuildResult:
     name: str
     tag: str
-    action: str                   # built | cached | kept-real-image
+    action: str                   # built | cached
     seconds: float
     image_id: str
     size_bytes: int
@@ -87,23 +97,23 @@ class ImageInfo:
 
 
 def plan(root: Path) -> list[ImageSpec]:
-    """The images, in build order (each after its parent)."""
+    """The images, in build order (each after its parent). The healthy backend is not among them:
+    compose builds ``impactbot-v2-backend:local`` itself from compose/backend on PYTHON_IMAGE."""
     images = root / "compose" / "images"
     backend = root / "compose" / "backend"
     return [
-        ImageSpec("base", f"stackops-standin/debian:{SUITE}", None, None,
+        ImageSpec("base", f"{STANDIN}/debian:{SUITE}", None, None,
                   description=f"Debian {SUITE} minbase + {', '.join(BASE_PACKAGES)}"),
-        ImageSpec("postgres", "postgres:15", "base", images / "postgres", public=True,
-                  description="PostgreSQL 15, entrypoint like the official image"),
-        ImageSpec("redis", "redis:7", "base", images / "redis", public=True,
-                  description="Redis 7 (Debian redis-server)"),
-        ImageSpec("python", "python:3.11-slim", "base", images / "python", public=True,
+        ImageSpec("postgres", f"{STANDIN}/postgres:15", "base", images / "postgres", replaces="postgres:15",
+                  variable="POSTGRES_IMAGE", description="PostgreSQL 15, entrypoint like the official image"),
+        ImageSpec("redis", f"{STANDIN}/redis:7", "base", images / "redis", replaces="redis:7",
+                  variable="REDIS_IMAGE", description="Redis 7 (Debian redis-server)"),
+        ImageSpec("python", f"{STANDIN}/python:3.11-slim", "base", images / "python",
+                  replaces="python:3.11-slim", variable="PYTHON_IMAGE",
                   description="Python 3.11, base of the backend image"),
-        ImageSpec("backend", "impactbot-v2-backend:local", "python", backend,
-                  {"VARIANT": "healthy"}, description="backend stand-in, healthy"),
-        ImageSpec("backend-broken", "impactbot-v2-backend:broken", "python", backend,
-                  {"VARIANT": "broken"}, description="backend stand-in that fails its health check"),
-        ImageSpec("ops", "impactbot-v2-ops:local", "base", images / "ops",
+        ImageSpec("backend-broken", f"{STANDIN}/impactbot-v2-backend:broken", "python", backend,
+                  {"VARIANT": "broken"}, description="backend that fails its health check (update tests)"),
+        ImageSpec("ops", "impactbot-v2-ops:local", "base", images / "ops", standin=False,
                   description="stackops + postgresql-client-15 (the prod backup service)"),
     ]
 
@@ -122,6 +132,10 @@ def _image(client: Any, tag: str) -> Any | None:
         return client.images.get(tag)
     except docker.errors.ImageNotFound:
         return None
+
+
+def _short(image: Any) -> str:
+    return str(image.short_id).removeprefix("sha256:")
 
 
 def _labels(image: Any) -> dict[str, str]:
@@ -143,12 +157,7 @@ def _hash_tree(h: Any, folder: Path, prefix: str) -> None:
 def _requirements(root: Path) -> list[str]:
     with (root / "pyproject.toml").open("rb") as f:
         deps: list[str] = tomllib.load(f)["project"]["dependencies"]
-    keep = []
-    for dep in deps:
-        name = dep.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
-        if name not in PIP_EXCLUDE:
-            keep.append(dep.split("#")[0].strip())
-    return keep
+    return [dep.split("#")[0].strip() for dep in deps]
 
 
 def _ops_sources(root: Path) -> Iterator[tuple[Path, str]]:
@@ -369,12 +378,6 @@ def build(root: Path, report: Reporter, *, force: bool = False, only: list[str] 
         digest = input_hash(spec, root, parent_id, mirror)
         existing = _image(client, spec.tag)
         started = time.monotonic()
-        if existing is not None and spec.public and _labels(existing).get(LABEL_STANDIN) != "true":
-            report.step(f"{spec.tag}: a real image is present, kept (stand-in not built)")
-            ids[spec.name] = str(existing.id)
-            results.append(BuildResult(spec.name, spec.tag, "kept-real-image", 0.0, str(existing.id),
-                                       int(existing.attrs.get("Size", 0))))
-            continue
         fresh = existing is not None and _labels(existing).get(LABEL_HASH) == digest
         if existing is not None and ((fresh and not force) or not wanted):
             report.step(f"{spec.tag}: up to date (cached)" if fresh else f"{spec.tag}: present (not selected)")
@@ -383,8 +386,7 @@ def build(root: Path, report: Reporter, *, force: bool = False, only: list[str] 
                                        int(existing.attrs.get("Size", 0))))
             continue
         report.step(f"building {spec.tag} ({spec.description})")
-        labels = {LABEL_STANDIN: "true" if spec.public or spec.name == "base" else "false",
-                  LABEL_HASH: digest, LABEL_ROLE: spec.name}
+        labels = {LABEL_STANDIN: "true" if spec.standin else "false", LABEL_HASH: digest, LABEL_ROLE: spec.name}
         if spec.name == "base":
             _build_base(client, spec, labels, mirror, report, workdir)
         else:
@@ -406,8 +408,48 @@ def build(root: Path, report: Reporter, *, force: bool = False, only: list[str] 
         report.info(f"{spec.tag} built in {seconds:.1f}s ({human_bytes(size)})")
         ids[spec.name] = str(image.id)
         results.append(BuildResult(spec.name, spec.tag, "built", round(seconds, 1), str(image.id), size))
+    retire(client, report)
     report.step(f"images ready in {time.monotonic() - total:.1f}s")
     return results
+
+
+def _retired(client: Any) -> list[tuple[str, Any]]:
+    """(tag, image) for every tag an older build gave one of its images and this plan no longer uses.
+
+    Matched by the role label *and* the old tag together: an image that only inherits these labels
+    from a stand-in parent (a backend compose built FROM the Python stand-in) is never matched."""
+    found = []
+    for role, tag in sorted(RETIRED_TAGS.items()):
+        for image in client.images.list(filters={"label": [LABEL_HASH, f"{LABEL_ROLE}={role}"]}):
+            if tag in image.tags:
+                found.append((tag, image))
+    return found
+
+
+def _superseded(client: Any) -> list[Any]:
+    """Untagged top-level images built here (carrying the input-hash label): what a rebuild left."""
+    return list(client.images.list(filters={"dangling": True, "label": LABEL_HASH}))
+
+
+def retire(client: Any, report: Reporter) -> None:
+    """Remove the real-name tags of older builds (``postgres:15`` on a stand-in, ...) and the images
+    that rebuilds superseded. A tag still used by a container is kept, with a warning."""
+    import docker.errors
+
+    for tag, image in _retired(client):
+        try:
+            client.images.remove(tag)
+        except docker.errors.APIError as exc:
+            report.warn(f"{tag} is an older build's stand-in but could not be removed "
+                        f"({exc.explanation or exc}); remove its containers, then run `invoke images.build`")
+            continue
+        report.step(f"{tag}: removed the tag an older build put on stand-in {_short(image)}")
+    for image in _superseded(client):
+        try:
+            client.images.remove(image.id)
+        except docker.errors.APIError:
+            continue  # still used by a container: listed by `invoke images.list` until it is gone
+        report.step(f"removed superseded build {_short(image)}")
 
 
 def list_images(root: Path, mirror: str = DEFAULT_MIRROR) -> list[ImageInfo]:
@@ -423,10 +465,22 @@ def list_images(root: Path, mirror: str = DEFAULT_MIRROR) -> list[ImageInfo]:
             continue
         labels = _labels(image)
         parent = _image(client, tags[spec.parent]) if spec.parent else None
-        standin = labels.get(LABEL_STANDIN) == "true" or LABEL_HASH in labels
+        standin = labels.get(LABEL_STANDIN) == "true"
         fresh = None
         if LABEL_HASH in labels and (spec.parent is None or parent is not None):
             fresh = labels[LABEL_HASH] == input_hash(spec, root, str(parent.id) if parent else None, mirror)
-        infos.append(ImageInfo(spec.name, spec.tag, True, standin, fresh, str(image.short_id),
+        infos.append(ImageInfo(spec.name, spec.tag, True, standin, fresh, _short(image),
                                int(image.attrs.get("Size", 0)), spec.description))
+    for tag, image in _retired(client):
+        infos.append(ImageInfo("retired", tag, True, True, False, _short(image), int(image.attrs.get("Size", 0)),
+                               "an older build's stand-in on a real name: `invoke images.build` removes it"))
+    for image in _superseded(client):
+        infos.append(ImageInfo("superseded", "<none>", True, True, False, _short(image),
+                               int(image.attrs.get("Size", 0)), "dangling: a rebuild replaced it"))
     return infos
+
+
+def standin_environ(root: Path) -> dict[str, str]:
+    """The compose variables that select the stand-ins instead of the real images
+    (POSTGRES_IMAGE, REDIS_IMAGE, PYTHON_IMAGE)."""
+    return {s.variable: s.tag for s in plan(root) if s.variable}
