@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "lib"))
 
-from tests.compose.harness import harness_environ, project  # noqa: E402
+from tests.compose.harness import BACKEND_IMAGE, ENVS, WORK, project  # noqa: E402
 
 REPO = "stackops-it-backend"
 
@@ -38,10 +38,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="dev", choices=["dev", "test", "prod"])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backend-image", default=os.environ.get("STACKOPS_IT_BACKEND_IMAGE",
-                                                              "impactbot-v2-backend:local"))
+    ap.add_argument("--backend-image", default=BACKEND_IMAGE)
     args = ap.parse_args()
-    environ = {**os.environ, **harness_environ(), "BACKEND_IMAGE": f"{REPO}:current"}
+    # the variables of a running harness session (its work folder), never a real environment's
+    saved = json.loads((WORK / "harness.json").read_text()) if (WORK / "harness.json").exists() else {}
+    if not saved or args.env not in ENVS:
+        print(f"no harness session in {WORK}: bring one up first (tests/compose/harness.py)", file=sys.stderr)
+        return 2
+    environ = {**os.environ, **saved, "BACKEND_IMAGE": f"{REPO}:current"}
     docker("tag", args.backend_image, f"{REPO}:v1")
     docker("build", "-q", "-t", f"{REPO}:v2", "-", stdin=f"FROM {REPO}:v1\nLABEL stackops.bench=2\n")
     files = {"dev": ["docker-compose.yml", "docker-compose.override.yml"],

@@ -23,15 +23,16 @@ from typing import Any
 import pytest
 
 from stackops.report import NullReporter
-from tests.compose.conftest import ROOT, cli, connect, table_hashes, tree
-from tests.compose.conftest import runtime_for as _runtime_for
+from tests.compose.conftest import cli, connect, table_hashes, tree
+from tests.compose.harness import BACKEND_IMAGE, ROOT
+from tests.compose.harness import runtime_for as _runtime_for
 
 pytestmark = pytest.mark.compose
 
 REPO = "stackops-it-backend"
 CURRENT = f"{REPO}:current"
-STANDIN_BACKEND = os.environ.get("STACKOPS_IT_BACKEND_IMAGE", "impactbot-v2-backend:local")
-STANDIN_BROKEN = os.environ.get("STACKOPS_IT_BROKEN_IMAGE", "impactbot-v2-backend:broken")
+STANDIN_BACKEND = BACKEND_IMAGE  # the harness's own build of compose/backend
+STANDIN_BROKEN = os.environ.get("STACKOPS_IT_BROKEN_IMAGE", "stackops-standin/impactbot-v2-backend:broken")
 
 
 def docker(*args: str, stdin: str | None = None) -> str:
