@@ -27,6 +27,7 @@ from stackops.cli import offsite as offsite_tasks  # noqa: E402
 from stackops.cli import pitr as pitr_tasks  # noqa: E402
 from stackops.cli import report as report_tasks  # noqa: E402
 from stackops.cli import restore as restore_tasks  # noqa: E402
+from stackops.cli import update as update_tasks  # noqa: E402
 
 
 @task(help={"env": ENV_HELP})
@@ -68,6 +69,8 @@ ns = Collection()
 ns.add_task(demo)
 ns.add_task(env_tasks.doctor)
 ns.add_task(check_tasks.check)
+ns.add_task(update_tasks.update)
+ns.add_task(update_tasks.predeploy)
 ns.add_task(report_tasks.report)
 for sub in (env_tasks, backup_tasks, restore_tasks, migrate_tasks, db_tasks, monitor_tasks, pitr_tasks):
     ns.add_collection(sub.ns)

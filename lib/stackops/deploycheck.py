@@ -4,9 +4,9 @@ One ``Check`` per question an operator asks after a deployment: is every service
 does the database answer (and is it not in recovery), are migrations clean, does Redis answer
 (a key round-trips; persistence on in a protected environment), does the backend answer its health
 endpoint, is the uploads folder there and writable, is the newest verified backup young enough
-(the RPO), is there disk left. ``deep`` adds ``migrate.check``'s integrity checks. Every check is
-read-only except Redis' round-trip key (written with a 10 s expiry, then deleted) and the uploads
-probe file (created and removed at once).
+(the RPO), is there disk left, was an update interrupted (its journal left behind). ``deep`` adds
+``migrate.check``'s integrity checks. Every check is read-only except Redis' round-trip key (written
+with a 10 s expiry, then deleted) and the uploads probe file (created and removed at once).
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from stackops.migrate.files import discover
 from stackops.migrate.history import compute_status, history_exists, read_history
 from stackops.report import Check, Reporter
 from stackops.runtime.base import Runtime
+from stackops.updatejournal import journal_check
 
 MAX_BACKUP_AGE_HOURS = 26.0  # a daily backup plus two hours of slack: the guide's daily schedule
 MIN_FREE_FRACTION = 0.10     # below 10 % free the next backup may not fit
+BACKUP_ROW = "newest verified backup"
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,8 @@ def _uploads(settings: Settings) -> Check:
     return Check(name, True, f"{folder} exists and is writable")
 
 
-def _newest_backup(settings: Settings, now: datetime, max_age_hours: float) -> Check:
-    name = "newest verified backup"
+def newest_backup_check(settings: Settings, now: datetime, max_age_hours: float) -> Check:
+    name = BACKUP_ROW
     verified = [b for b in backupset.list_backups(settings) if (b.verification or {}).get("ok")
                 and b.started_at <= now]
     hint = f"take and verify one: `invoke backup --env {settings.env.name}` then `invoke backup.verify --latest`"
@@ -173,7 +175,8 @@ def check_deployment(settings: Settings, runtime: Runtime, *, report: Reporter, 
     backend = _backend(runtime)
     if backend is not None:
         checks.append(backend)
-    checks += [_uploads(settings), _newest_backup(settings, moment, max_backup_age_hours), _disk(settings)]
+    checks += [_uploads(settings), newest_backup_check(settings, moment, max_backup_age_hours), _disk(settings),
+               journal_check(settings)]
     if deep:
         report.info("running the integrity checks (migrate.check)")
         checks += [c for c in check_integrity(settings, runtime, report=report).checks

@@ -168,3 +168,20 @@ class IdentityError(StackopsError, code=21):
 
 class PitrError(StackopsError, code=22):
     """Point-in-time recovery could not act (archiving, pgBackRest, target outside the window); live left serving."""
+
+
+# ----- updates and the pre-deploy gate -------------------------------------------------------------
+class UpdateRefused(StackopsError, code=40):
+    """An update's preflight refused (config, engine, lock, disk, migrations, versions); nothing was changed."""
+
+
+class UpdateFailed(StackopsError, code=41):
+    """An update failed and was rolled back automatically: images and data as before (the summary says what)."""
+
+
+class RollbackFailed(StackopsError, code=42):
+    """An update failed and so did its rollback; the journal is kept and the next update or env.up finishes it."""
+
+
+class PredeployFailed(StackopsError, code=43):
+    """The pre-deploy gate failed (squawk, compose files, target check, backup age); the table says which."""

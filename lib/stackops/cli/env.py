@@ -28,15 +28,17 @@ from stackops.report import Plan
 def show_status(rt: Any, s: Any, as_json: bool) -> bool:
     from stackops.journal import status as swap_status
     from stackops.report import human_bytes
+    from stackops.updatejournal import journal_status
 
     services = rt.status()
     swap = swap_status(s, rt)
+    upd = journal_status(s)
     healthy = all(x.healthy is not False for x in services) and any(x.state == "running" or
                                                                       x.state == "external" for x in services)
     if as_json:
         print_json({"env": s.env.name, "runtime": rt.kind, "healthy": healthy, "services": services,
-                    "backups_dir": s.env.backups_dir, "database": swap})
-        return healthy
+                    "backups_dir": s.env.backups_dir, "database": swap, "update": upd})
+        return healthy and upd is None
     print(f"environment {s.env.name} (runtime {rt.kind}{', protected' if s.env.protected else ''})")
     rows = []
     for x in services:
@@ -47,11 +49,17 @@ def show_status(rt: Any, s: Any, as_json: bool) -> bool:
     accepts = {True: "accepts connections", False: "REFUSES CONNECTIONS", None: "not reachable"}
     print(f"live database: {swap['live_database']} ({accepts[swap['accepts_connections']]}); interrupted restore: "
           f"{swap['interrupted_restore'] or 'none'}")
+    if upd is not None:
+        print(f"update: {upd['state'].upper()} in phase {upd['phase']} (pid {upd['pid']}, backup {upd['backup_id']}, "
+              f"started {upd['started_at']})"
+              + (f"; `invoke update --env {s.env.name}` or `invoke env.up --env {s.env.name}` rolls it back"
+                 if upd["state"] == "interrupted" else ""))
     if not any(x.state in ("running", "external") for x in services):
         kept = [x.data_dir for x in services if x.name != "uploads" and x.data_dir not in ("", "-")]
         print(f"environment {s.env.name} is stopped — its data is kept ({'; '.join(kept) or 'no data yet'}); "
               f"start it with `invoke env.up --env {s.env.name}`")
-    return healthy and swap["interrupted_restore"] is None and swap["accepts_connections"] is not False
+    return (healthy and swap["interrupted_restore"] is None and swap["accepts_connections"] is not False
+            and (upd is None or upd["state"] == "running"))
 
 
 @task(help={"env": ENV_HELP})
@@ -61,6 +69,14 @@ def up(c, env=None):
     s = settings(c, env)
     report = reporter()
     rt = runtime(s, report)
+    from stackops.updatejournal import journal_path
+
+    if journal_path(s).exists():  # an update killed half-way: back to the images and data it recorded
+        from stackops.update import recover as recover_update
+
+        if rt.image_digests() == {} and not rt.target_digests():
+            rt.up(report)  # no images: the database must answer before its data is compared
+        recover_update(s, rt, report)
     rt.up(report)
     from stackops.journal import recover  # a swap left pending while the server was down
 

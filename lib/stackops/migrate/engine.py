@@ -15,6 +15,7 @@ undo did.
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -303,6 +304,13 @@ def _select(files: Sequence[MigrationFile], st: MigrationStatus, path: str | Non
             raise MigrationError(f"{path} is not in the migrations folder {settings.migrations.directory}: "
                                  "move it there (or create it with `invoke migrate.create NAME`)")
     match = [f for f in files if f.filename == given.name]
+    guide = re.fullmatch(r"(\d{8})_([a-z0-9_]+)\.sql", given.name)
+    if not match and guide:  # the guide's `migrations/20240618_add_new_feature.sql` for what `create` named
+        named = [f for f in files if f.name == guide[2]]  # 20261130093015_add_new_feature.sql
+        match = [f for f in named if f.version.startswith(guide[1])] or named
+        if len(match) > 1:
+            raise MigrationError(f"{given.name} could mean {', '.join(f.filename for f in match)}: "
+                                 "give the full file name")
     if not match:
         raise MigrationError(f"no migration {given.name} in {settings.migrations.directory}: "
                              "`invoke migrate.status` lists the migrations")
@@ -333,8 +341,10 @@ def apply_plan(settings: Settings, runtime: Runtime, *, path: str | None = None,
 
 
 def apply(settings: Settings, runtime: Runtime, *, path: str | None = None, strict: bool = False,
-          dry_run: bool = False, report: Reporter) -> ApplyResult:
-    """Apply every pending migration (or the one at ``path``) as one batch; see the module doc."""
+          dry_run: bool = False, report: Reporter, covered_by: str | None = None) -> ApplyResult:
+    """Apply every pending migration (or the one at ``path``) as one batch; see the module doc.
+    ``covered_by``: the id of a backup taken just before under the same environment lock (an update's
+    verified full backup); it stands in for the pre-migration backup, which is then not taken."""
     files = discover(settings.migrations.directory)
     with connect(runtime) as conn:
         st = compute_status(files, read_history(conn))
@@ -369,7 +379,7 @@ def apply(settings: Settings, runtime: Runtime, *, path: str | None = None, stri
 
     with migration_lock(runtime, settings.migrations.lock_wait_seconds, report), \
             env_lock(settings.env.backups_dir, "migrate.apply"):
-        b = _apply_locked(settings, runtime, files, targets, report)
+        b = _apply_locked(settings, runtime, files, targets, report, covered_by)
         if b.failure is not None and b.restore_reason is not None and b.backup_id is not None:
             # the restore ends every session of the database, this lock's idle one included
             b.undo = _undo_with_restore(settings, runtime, b.backup_id, b.restore_reason, report)
@@ -394,7 +404,7 @@ class _Batch:
 
 
 def _apply_locked(settings: Settings, runtime: Runtime, files: Sequence[MigrationFile],
-                  targets: Sequence[MigrationFile], report: Reporter) -> _Batch:
+                  targets: Sequence[MigrationFile], report: Reporter, covered_by: str | None = None) -> _Batch:
     """The part of apply that runs under the migration lock (history re-read, backup, DDL)."""
     b = _Batch()
     with connect(runtime) as conn:
@@ -407,10 +417,14 @@ def _apply_locked(settings: Settings, runtime: Runtime, files: Sequence[Migratio
             b.nothing = "nothing to do: another apply ran these migrations meanwhile"
             report.info(b.nothing)
             return b
-        try:
-            b.backup_id = take_pre_migration_backup(settings, runtime, report)
-        except StackopsError as exc:
-            raise MigrationError(f"the pre-migration backup failed, so no migration was applied: {exc}") from exc
+        if covered_by is not None:
+            b.backup_id = covered_by
+            report.info(f"pre-migration backup skipped: {covered_by}, taken under this same lock, covers it")
+        else:
+            try:
+                b.backup_id = take_pre_migration_backup(settings, runtime, report)
+            except StackopsError as exc:
+                raise MigrationError(f"the pre-migration backup failed, so no migration was applied: {exc}") from exc
         created_history = not history_exists(conn)
         conn.execute(HISTORY_DDL.encode())
         row = conn.execute(q("SELECT coalesce(max(batch), 0) + 1 FROM {history}")).fetchone()

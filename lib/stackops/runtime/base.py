@@ -15,13 +15,14 @@ in argv.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from stackops.config import Settings
 from stackops.proc import Cmd
-from stackops.report import Reporter
+from stackops.report import Check, Reporter
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,61 @@ class Runtime(abc.ABC):
     def image_digests(self) -> dict[str, str]:
         """service -> image reference@digest of what runs now (empty where there are no images)."""
 
+    # ----- images (updates) ------------------------------------------------------------------------
+    # A runtime without images (local processes, an external database) returns empty data from the
+    # queries and treats ``pull`` / ``restore_images`` as "not applicable"; ``recreate`` refuses.
+    @abc.abstractmethod
+    def orchestration_checks(self) -> list[Check]:
+        """What must hold before an update touches anything: the runtime's configuration is valid and its
+        engine answers (compose: `docker compose config`, the Docker engine). Never raises."""
+
+    @abc.abstractmethod
+    def pull(self, report: Reporter) -> None:
+        """Fetch the images the configuration names, without stopping or recreating anything."""
+
+    @abc.abstractmethod
+    def target_digests(self) -> dict[str, str]:
+        """service -> ``reference@digest`` of what ``recreate`` would run now (after ``pull``); empty where
+        there are no images. Comparable with ``image_digests``."""
+
+    @abc.abstractmethod
+    def recreate(self, report: Reporter, *, timeout: float = 300.0, services: list[str] | None = None,
+                 stopped: Callable[[], None] | None = None) -> None:
+        """Recreate every service whose image changed and wait until every service is healthy. With
+        ``services``: those are stopped first and ``stopped`` is called between stop and start (an
+        update's journal records it)."""
+
+    @abc.abstractmethod
+    def restore_images(self, digests: dict[str, str], report: Reporter) -> list[str]:
+        """Point each service's image reference back at the image recorded in ``digests`` (as
+        ``image_digests`` returned it), so that what ``recreate`` runs is that code again; returns the
+        services whose reference moved. Empty where there are no images."""
+
     @abc.abstractmethod
     def uploads_replaced(self, report: Reporter) -> None:
         """The uploads folder was swapped for another (restore): make services that use it see the new one."""
+
+
+NO_IMAGES = "images do not apply: this runtime runs no containers"
+
+
+class WithoutImages:
+    """The image steps of a runtime that runs no images (local processes, an external database): an
+    update runs its data half only (backup, migrations, check, rollback)."""
+
+    kind: ClassVar[str]
+
+    def pull(self, report: Reporter) -> None:
+        report.info(f"pull: {NO_IMAGES} ({self.kind})")
+
+    def target_digests(self) -> dict[str, str]:
+        return {}
+
+    def recreate(self, report: Reporter, *, timeout: float = 300.0, services: list[str] | None = None,
+                 stopped: Callable[[], None] | None = None) -> None:
+        from stackops.errors import RuntimeRefused
+
+        raise RuntimeRefused(f"cannot recreate containers: {NO_IMAGES} ({self.kind})")
+
+    def restore_images(self, digests: dict[str, str], report: Reporter) -> list[str]:
+        return []

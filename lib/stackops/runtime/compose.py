@@ -20,14 +20,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from stackops.config import Settings
-from stackops.errors import ConfigError, ProtectedEnvironment, ServiceError
+from stackops.errors import ConfigError, PrerequisiteError, ProtectedEnvironment, ServiceError
 from stackops.files import dir_size
 from stackops.pg import parse_major
 from stackops.proc import Cmd, run, spawn, which
-from stackops.report import Reporter
+from stackops.report import Check, Reporter
 from stackops.runtime.base import DataVolume, Runtime, ServiceStatus
 from stackops.runtime.docker import DOCKER_INSTALL, compose_argv, docker_client, image_missing_error
 from stackops.secretcheck import refuse_weak_secrets
@@ -44,6 +45,15 @@ SERVICE_LABEL = "com.docker.compose.service"
 VOLUME_LABEL = "com.docker.compose.volume"
 DOWN_V_REASON = ("the guide says of `docker-compose down -v`: \"DON'T USE THIS\" — it removes volumes and "
                  "all data")
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """``registry:5000/app:v2`` -> (``registry:5000/app``, ``v2``); no tag -> latest."""
+    head, _, last = ref.rpartition("/")
+    if ":" in last:
+        name, tag = last.rsplit(":", 1)
+        return (f"{head}/{name}" if head else name), tag
+    return ref, "latest"
 
 
 def _health_log_tail(container: Any) -> str:
@@ -331,7 +341,8 @@ class ComposeRuntime(Runtime):
         self.wait_healthy(report, timeout=timeout)
 
     def wait_healthy(self, report: Reporter, timeout: float = 300.0) -> None:
-        """Wait until database, Redis and backend are healthy and every other service runs."""
+        """Wait until every service runs and every one that has a healthcheck is healthy (the backup
+        service too: "healthy" means all of them)."""
         started = time.monotonic()
         deadline = started + timeout
         wanted = self.services()
@@ -355,12 +366,12 @@ class ComposeRuntime(Runtime):
                     )
                 if status != "running":
                     problems.append(f"{service}: {status}")
-                elif service in DATA_SERVICES and health == "unhealthy":
+                elif health == "unhealthy":
                     raise ServiceError(
                         f"service {service} of {self.env.name} is unhealthy ({_health_log_tail(c) or 'no output'}): "
                         f"see `docker logs {c.name}`"
                     )
-                elif service in DATA_SERVICES and health not in (None, "healthy"):
+                elif health not in (None, "healthy"):  # every service with a healthcheck, not only the data ones
                     problems.append(f"{service}: {health}")
             if not problems:
                 report.info(f"{self.env.name} healthy after {time.monotonic() - started:.1f}s")
@@ -413,6 +424,93 @@ class ComposeRuntime(Runtime):
         images that compose builds itself are skipped."""
         report.step(f"pulling missing images for {self.env.name}")
         self._compose_streamed(["pull", "--policy", "missing", "--ignore-buildable"], report)
+
+    def orchestration_checks(self) -> list[Check]:
+        """The compose files are valid for this environment and the Docker engine answers."""
+        checks = []
+        try:
+            services = self.services()
+            checks.append(Check("compose configuration valid", True,
+                                f"{', '.join(f.name for f in self.files)}: {', '.join(services)}"))
+        except (ConfigError, ServiceError, PrerequisiteError) as exc:
+            checks.append(Check("compose configuration valid", False, str(exc),
+                                f"`docker compose -p {self.project} "
+                                f"{' '.join('-f ' + str(f) for f in self.files)} config`"))
+        try:
+            version = self.client.version().get("Version", "?")
+            checks.append(Check("container engine answers", True, f"Docker {version}"))
+        except Exception as exc:  # the SDK raises its own and requests' errors
+            checks.append(Check("container engine answers", False, str(exc).splitlines()[0][:200],
+                                "start dockerd (`.ci/setup-docker` as root sets it up)"))
+        return checks
+
+    def _resolve(self, ref: str) -> tuple[Any | None, str]:
+        """The local image ``ref`` names and its ``ref@digest`` as ``image_digests`` writes it."""
+        try:
+            image = self.client.images.get(ref)
+        except image_missing_error():
+            return None, f"{ref}@missing"
+        digests = image.attrs.get("RepoDigests") or []
+        return image, f"{ref}@{digests[0].split('@', 1)[1] if digests else image.id}"
+
+    def _recorded_image(self, recorded: str) -> Any | None:
+        """The local image of an ``image_digests`` entry: by image id, else by repository digest."""
+        ref, _, digest = recorded.rpartition("@")
+        for name in (digest, f"{_split_ref(ref)[0]}@{digest}"):
+            try:
+                return self.client.images.get(name)
+            except image_missing_error():
+                continue
+            except Exception:  # an invalid reference for this engine
+                continue
+        return None
+
+    def _config_images(self) -> dict[str, str]:
+        return {name: str(svc["image"]) for name, svc in sorted(self.config().get("services", {}).items())
+                if svc.get("image")}
+
+    def target_digests(self) -> dict[str, str]:
+        """What `up` would run now: each service's configured reference resolved against local images."""
+        return {service: self._resolve(ref)[1] for service, ref in self._config_images().items()}
+
+    def recreate(self, report: Reporter, *, timeout: float = 300.0, services: list[str] | None = None,
+                 stopped: Callable[[], None] | None = None) -> None:
+        """``docker compose up -d`` with images as they are now (no pull, no build: both happen before
+        anything stops), so compose recreates exactly the services whose image changed; then wait.
+        With ``services``: ``docker compose stop`` them first, then ``stopped()``."""
+        if services:
+            report.step(f"stopping {', '.join(services)} of {self.env.name}")
+            self._compose_streamed(["stop", "--timeout", "60", *services], report)
+            if stopped is not None:
+                stopped()
+        report.step(f"recreating the services of {self.env.name} whose image changed")
+        self._compose_streamed(["up", "--detach", "--remove-orphans", "--pull", "never", "--no-build"], report)
+        self.wait_healthy(report, timeout=timeout)
+
+    def restore_images(self, digests: dict[str, str], report: Reporter) -> list[str]:
+        """Re-tag each configured reference to the image recorded in ``digests``; the image it pointed at
+        instead stays as ``<repository>:rejected-<time>`` (nothing is deleted)."""
+        moved = []
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for service, ref in self._config_images().items():
+            recorded = digests.get(service)
+            if recorded is None:
+                continue
+            now, _ = self._resolve(ref)
+            old = self._recorded_image(recorded)
+            if old is None:
+                raise ServiceError(f"the image {service} ran before the update ({recorded}) is no longer on this "
+                                   "host: pull it by that digest, then run `invoke update` again")
+            if now is not None and now.id == old.id:
+                continue
+            repo, tag = _split_ref(ref)
+            if now is not None:
+                now.tag(repo, f"rejected-{stamp}")
+            old.tag(repo, tag)
+            report.info(f"{service}: {ref} points at {old.id[:19]} again"
+                        + (f" (the rejected image is kept as {repo}:rejected-{stamp})" if now is not None else ""))
+            moved.append(service)
+        return moved
 
     def _declared_volumes(self) -> dict[str, list[str]]:
         """service -> the named volumes its compose definition mounts (empty when the files are invalid)."""

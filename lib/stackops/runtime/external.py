@@ -12,12 +12,12 @@ from stackops import pg
 from stackops.config import Settings
 from stackops.errors import ConfigError, RuntimeRefused, StackopsError
 from stackops.proc import Cmd
-from stackops.report import Reporter
-from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.report import Check, Reporter
+from stackops.runtime.base import Runtime, ServiceStatus, WithoutImages
 from stackops.runtime.binaries import pg_bindir
 
 
-class ExternalRuntime(Runtime):
+class ExternalRuntime(WithoutImages, Runtime):
     kind = "external"
 
     def __init__(self, settings: Settings) -> None:
@@ -89,6 +89,9 @@ class ExternalRuntime(Runtime):
 
     def uploads_replaced(self, report: Reporter) -> None:
         """Nothing mounts the uploads folder here: the next read sees the new folder."""
+
+    def orchestration_checks(self) -> list[Check]:
+        return [Check("runtime usable", True, f"external database at {self.env.db_host}:{self.env.ports.postgres}")]
 
     def status(self) -> list[ServiceStatus]:
         try:

@@ -24,8 +24,8 @@ from stackops.errors import PrerequisiteError, ProtectedEnvironment, ServiceErro
 from stackops.files import atomic_write, dir_size
 from stackops.prereq import ensure_programs
 from stackops.proc import Cmd, run
-from stackops.report import Reporter
-from stackops.runtime.base import Runtime, ServiceStatus
+from stackops.report import Check, Reporter
+from stackops.runtime.base import Runtime, ServiceStatus, WithoutImages
 from stackops.runtime.binaries import binary_major, pg_bindir
 
 PG_SERVICE_USER = "postgres"
@@ -72,7 +72,7 @@ def _write_private(path: Path, content: str, owner: str | None = None) -> None:
     atomic_write(path, content.encode(), owner=owner)
 
 
-class LocalRuntime(Runtime):
+class LocalRuntime(WithoutImages, Runtime):
     kind = "local"
 
     def __init__(self, settings: Settings) -> None:
@@ -163,6 +163,11 @@ class LocalRuntime(Runtime):
 
     def uploads_replaced(self, report: Reporter) -> None:
         """Nothing mounts the uploads folder here: the next read sees the new folder."""
+
+    def orchestration_checks(self) -> list[Check]:
+        ok = (self.bindir / "pg_ctl").exists()
+        return [Check("runtime usable", ok, f"local processes, PostgreSQL binaries in {self.bindir}" if ok else
+                      f"no pg_ctl in {self.bindir}", "install postgresql (see `invoke doctor`)")]
 
     # ----- PostgreSQL --------------------------------------------------------------------------
     def _pg_running(self) -> int | None:
