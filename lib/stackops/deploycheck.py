@@ -25,6 +25,7 @@ from stackops.errors import StackopsError
 from stackops.integrity import check_integrity
 from stackops.migrate.files import discover
 from stackops.migrate.history import compute_status, history_exists, read_history
+from stackops.offsite import newest_age_hours
 from stackops.report import Check, Reporter
 from stackops.runtime.base import Runtime
 from stackops.updatejournal import journal_check
@@ -163,6 +164,19 @@ def _disk(settings: Settings) -> Check:
                  f"free space (e.g. `invoke backup.prune --env {settings.env.name}`) or grow the filesystem")
 
 
+def _offsite(settings: Settings, now: datetime, max_age_hours: float) -> Check:
+    name = "newest offsite copy"
+    hint = f"push one: `invoke backup.push --all-missing --env {settings.env.name}`"
+    try:
+        age = newest_age_hours(settings, now)
+    except StackopsError as exc:
+        return Check(name, False, f"the remote cannot be listed: {exc}", "check stackops.offsite and the remote")
+    if age is None:
+        return Check(name, False, f"no complete set on {settings.offsite.remote}", hint)
+    return Check(name, age <= max_age_hours, f"{age:.1f} h old on {settings.offsite.remote} "
+                 f"(policy {max_age_hours:g} h)", hint)
+
+
 def check_deployment(settings: Settings, runtime: Runtime, *, report: Reporter, deep: bool = False,
                      now: datetime | None = None, max_backup_age_hours: float = MAX_BACKUP_AGE_HOURS) -> CheckReport:
     """Every check of the deployment, in the order an operator would look."""
@@ -177,6 +191,9 @@ def check_deployment(settings: Settings, runtime: Runtime, *, report: Reporter, 
         checks.append(backend)
     checks += [_uploads(settings), newest_backup_check(settings, moment, max_backup_age_hours), _disk(settings),
                journal_check(settings)]
+    if settings.offsite.enabled:
+        report.info("checking the newest offsite copy")
+        checks.append(_offsite(settings, moment, max_backup_age_hours))
     if deep:
         report.info("running the integrity checks (migrate.check)")
         checks += [c for c in check_integrity(settings, runtime, report=report).checks

@@ -175,3 +175,23 @@ def test_remote_retention_has_its_own_plan_and_keeps_only_copies(fresh: Fresh, t
     dry = invoke_cli("backup.prune-remote", "--env", "test", "--dry-run", "--delete-only-copies", env=env)
     assert f"would delete {oldest.id}" in dry.stdout and "its last copy" in dry.stdout
     assert offsite.prune_remote(s, {newest.id}, report=NullReporter(), only_copies=True) == []  # not in the plan
+
+
+def test_check_reports_the_newest_offsite_copy_age(fresh: Fresh, tmp_path: Path) -> None:
+    from stackops.deploycheck import check_deployment
+
+    s = with_remote(fresh.settings, ":local:", tmp_path / "nas")
+
+    def offsite_row(now: datetime | None = None) -> tuple[bool, str]:
+        rows = [c for c in check_deployment(s, fresh.runtime, report=NullReporter(), now=now).checks
+                if c.name == "newest offsite copy"]
+        assert len(rows) == 1
+        return rows[0].ok, rows[0].detail
+
+    ok, detail = offsite_row()
+    assert not ok and "no complete set" in detail
+    create_backup(s, fresh.runtime, kind="db", report=NullReporter())
+    offsite.push_missing(s, report=NullReporter())
+    assert offsite_row()[0]
+    stale, detail = offsite_row(datetime.now(UTC) + timedelta(hours=30))
+    assert not stale and "policy" in detail
