@@ -73,3 +73,27 @@ def test_loop_refuses_a_bad_schedule_in_one_line(tmp_path: Path) -> None:
                           text=True, timeout=30)
     assert proc.returncode == 2 and "accepted values are HH:MM" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_scheduled_run_in_prod_prunes_unattended_and_records_each_step(tmp_path: Path) -> None:
+    """prune confirms in a protected environment and the service has no terminal: its default prune
+    command must still delete what retention rejects, and every step after the backup is recorded."""
+    backups = tmp_path / "backups"
+    now = datetime.now(UTC)
+    _backup(backups, "db_older", now - timedelta(hours=2), None)  # the same day: loses its daily slot
+    _backup(backups, "db_newer", now - timedelta(hours=1), None)
+    (tmp_path / "state").mkdir()
+    env = {**os.environ, "STACKOPS_LIB": str(ROOT / "lib"), "STACKOPS_STATE": str(tmp_path / "state"),
+           "STACKOPS_ENV": "prod", "BACKUP_COMMAND": "true", "BACKUP_VERIFY_COMMAND": "true",
+           "BACKUP_REPORT_COMMAND": f"touch {tmp_path / 'report-refreshed'}",
+           "INVOKE_STACKOPS_ENVS_PROD_BACKUPS_DIR": str(backups), "INVOKE_STACKOPS_ENVS_PROD_RUNTIME": "local",
+           "INVOKE_STACKOPS_ENVS_PROD_STATE_DIR": str(tmp_path / "stack")}
+    env.pop("INVOKE_STACKOPS_OFFSITE_REMOTE", None)
+    proc = subprocess.run([sys.executable, str(OPS / "stackops-backup-loop"), "--once"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in backups.iterdir() if not p.name.startswith(".")) == ["db_newer"], proc.stdout
+    state = json.loads((tmp_path / "state" / "backup-loop.json").read_text())
+    assert state["last_prune_error"] is None and state["last_report_error"] is None
+    assert "last_push_error" not in state  # no offsite remote configured: no push step
+    assert (tmp_path / "report-refreshed").exists()
