@@ -28,6 +28,7 @@ from stackops.cli import pitr as pitr_tasks  # noqa: E402
 from stackops.cli import report as report_tasks  # noqa: E402
 from stackops.cli import restore as restore_tasks  # noqa: E402
 from stackops.cli import update as update_tasks  # noqa: E402
+from stackops.errors import ProtectedEnvironment  # noqa: E402
 
 
 @task(help={"env": ENV_HELP})
@@ -42,6 +43,9 @@ def demo(c, env=None):
     from stackops.verify import verify_backup
 
     s = settings(c, env)
+    if s.env.protected:  # demo applies migrations and loads sample data without asking
+        raise ProtectedEnvironment(f"the demo does not run in protected environment {s.env.name!r}: run it in dev "
+                                   "or test; in production use env.up, migrate.apply and backup")
     report = reporter()
     report.step(f"demo on environment {s.env.name}: bring it up")
     rt = runtime(s, report)
@@ -49,9 +53,8 @@ def demo(c, env=None):
     env_tasks.show_status(rt, s, as_json=False)
     report.step("apply the ImpactBot v2 migrations (lint, pre-migration backup, lock, one transaction each)")
     apply_migrations(s, rt, report=report)
-    if not s.env.protected:
-        report.step("load the sample data: test users, chats, indicators, measurements, upload files")
-        seed_sample_data(s, rt, report=report)
+    report.step("load the sample data: test users, chats, indicators, measurements, upload files")
+    seed_sample_data(s, rt, report=report)
     report.step("take a full backup (database + uploads, one point in time)")
     backup = create_backup(s, rt, kind="full", report=report)
     report.step(f"verify {backup.id} by restoring it into a scratch database")

@@ -130,10 +130,14 @@ def down_remove_data(fresh: Fresh, tmp: Path) -> Case:
     return Case(["env.down", "--remove-data", "--env", "prod"], env, forbidden=True)
 
 
+def demo(fresh: Fresh, tmp: Path) -> Case:
+    return Case(["demo", "--env", "prod"], _migrations(fresh, tmp), forbidden=True)
+
+
 CASES: dict[str, Callable[[Fresh, Path], Case]] = {
     "restore.db": restore_db, "restore": restore_full, "restore.drop-previous": drop_previous,
     "backup.prune": prune, "migrate.apply": migrate_apply, "migrate.rollback": migrate_rollback,
-    "env.down --remove-data": down_remove_data,
+    "env.down --remove-data": down_remove_data, "demo": demo,
 }
 
 
@@ -155,7 +159,7 @@ def test_destructive_task_in_prod_needs_yes_or_the_typed_name(name: str, fresh: 
 
     code, out, err = on_terminal(case.args, case.env, "prod")
     if case.forbidden:
-        assert code == ProtectedEnvironment.exit_code and "forbids" in err
+        assert code == ProtectedEnvironment.exit_code and ("forbids" in err or "does not run" in err)
         assert state(fresh) == before
     else:
         assert code == 0, err
