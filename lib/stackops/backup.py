@@ -68,6 +68,15 @@ def _freeze_file(source: Path, target: Path) -> dict[str, Any] | None:
     return {"size": os.stat(target).st_size, "sha256": digest}
 
 
+def _leaves(root: Path, folder: Path, link: str) -> bool:
+    """Whether a symbolic link in ``folder`` with target ``link`` points outside ``root`` (by its text:
+    absolute, or climbing out with ``..``), as a restore's archive filter judges it."""
+    if os.path.isabs(link):
+        return True
+    resolved = os.path.normpath(os.path.join(folder, link))
+    return os.path.commonpath([resolved, os.path.normpath(root)]) != os.path.normpath(root)
+
+
 def _link_tree(src: Path, dst: Path, report: Reporter) -> dict[str, dict[str, Any]]:
     """A frozen view of the uploads at this instant under ``dst``: every regular file hard-linked
     (or copied, see ``_freeze_file``), symlinks recreated, anything else (FIFOs, devices, sockets)
@@ -89,7 +98,11 @@ def _link_tree(src: Path, dst: Path, report: Reporter) -> dict[str, dict[str, An
             except FileNotFoundError:
                 continue
             if stat.S_ISLNK(mode):
-                os.symlink(os.readlink(source), target)
+                link = os.readlink(source)
+                if _leaves(src, Path(dirpath), link):  # a restore refuses such a link: never archive one
+                    report.warn(f"left out {rel / name} of the uploads: a link to {link}, outside the uploads folder")
+                    continue
+                os.symlink(link, target)
             elif not stat.S_ISREG(mode):
                 report.warn(f"left out {rel / name} of the uploads: not a regular file, folder or link")
             elif (entry := _freeze_file(source, target)) is not None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -129,7 +131,58 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if seal(manifest)["manifest_sha256"] != manifest.get("manifest_sha256"):
         raise BackupCorrupt(f"{path} was modified after the backup was written (its checksum does not match): "
                             "refusing to use it")
+    problem = _malformed(manifest)
+    if problem:
+        raise BackupCorrupt(f"{path} is malformed ({problem}): refusing to use it")
     return manifest
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _malformed(m: dict[str, Any]) -> str:
+    """What is wrong with a manifest's fields ("" when nothing): its checksum proves no edit by accident,
+    not that an edited one was re-sealed with sense, so every field a command reads is checked."""
+    if m.get("kind") not in KINDS:
+        return f"kind {m.get('kind')!r} is not one of {', '.join(KINDS)}"
+    try:
+        started = datetime.fromisoformat(str(m.get("started_at")))
+    except ValueError:
+        return f"started_at {m.get('started_at')!r} is not a time"
+    if started.tzinfo is None:
+        return f"started_at {m.get('started_at')!r} has no time zone"
+    if not isinstance(m.get("duration_s"), int | float) or isinstance(m.get("duration_s"), bool):
+        return "duration_s is not a number"
+    files = m.get("files")
+    if not isinstance(files, dict):
+        return "files is not a mapping"
+    for name, entry in files.items():
+        if not isinstance(name, str) or "/" in name or name in ("", ".", "..") or name.startswith("."):
+            return f"file name {name!r} is not a plain name"
+        if not isinstance(entry, dict) or not isinstance(entry.get("role"), str) \
+                or not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) \
+                or entry["size"] < 0 or not _SHA256.match(str(entry.get("sha256", ""))):
+            return f"the entry of {name!r} lacks a role, a size or a sha256"
+    counts = m.get("row_counts", {})
+    if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
+        return "row_counts is not a mapping of tables to numbers"
+    return ""
+
+
+def quick_check(backup: BackupSet) -> str:
+    """Why the set's files cannot be what its manifest says, by size alone ("" when they can): cheap
+    enough for every listing, so that retention and ``latest`` never count a truncated set as whole."""
+    for name, entry in backup.manifest["files"].items():
+        path = backup.path / name
+        try:
+            st = path.lstat()
+        except OSError:
+            return f"{name} is missing"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{name} is not a regular file"
+        if st.st_size != entry["size"]:
+            return f"{name} is {st.st_size} bytes, the manifest says {entry['size']} (truncated or replaced)"
+    return ""
 
 
 def check_files(backup: BackupSet, report: Reporter | None = None) -> None:
@@ -147,6 +200,14 @@ def check_files(backup: BackupSet, report: Reporter | None = None) -> None:
                                 "the backup cannot be used")
     if report is not None:
         report.info(f"checked {len(backup.manifest['files'])} files of {backup.id}: sizes and sha256 match")
+
+
+def _escapes(member: str, link: str) -> bool:
+    """Whether a link archived as ``member`` with target ``link`` leaves the archive's root."""
+    if os.path.isabs(link):
+        return True
+    resolved = os.path.normpath(os.path.join("root", os.path.dirname(member), link))
+    return resolved != "root" and not resolved.startswith("root" + os.sep)
 
 
 def check_uploads(backup: BackupSet) -> Check | None:
@@ -178,6 +239,8 @@ def check_uploads(backup: BackupSet) -> Check | None:
                         while chunk := f.read(CHUNK):
                             h.update(chunk)
                         seen[key] = (member.size, h.hexdigest())
+                    elif member.issym() and _escapes(key, member.linkname):
+                        odd.append(f"{key} (a link to {member.linkname}, outside the uploads: a restore refuses it)")
                     elif not (member.isdir() or member.issym()):
                         odd.append(key)
         except tarfile.TarError as exc:
@@ -241,9 +304,15 @@ def scan_folder(folder: Path) -> tuple[list[BackupSet], list[Damaged]]:
         if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
             continue
         try:
-            sets.append(open_set(child))
+            found = open_set(child)
         except BackupCorrupt as exc:
             damaged.append(Damaged(child.name, child, str(exc)))
+            continue
+        problem = quick_check(found)
+        if problem:
+            damaged.append(Damaged(child.name, child, f"backup {child.name}: {problem}; the backup cannot be used"))
+        else:
+            sets.append(found)
     return sorted(sets, key=lambda b: b.started_at, reverse=True), sorted(damaged, key=lambda d: d.id, reverse=True)
 
 

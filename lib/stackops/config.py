@@ -290,6 +290,8 @@ def load(raw_config: Any, env_name: str | None, root: Path) -> Settings:
     if not isinstance(envs, dict) or not envs:
         raise ConfigError("config key stackops.envs is missing: declare dev, test and prod in invoke.yaml")
     names = tuple(envs)
+    if env_name is not None and not env_name.strip():  # `--env "$ENV"` with ENV unset must not mean dev
+        raise ConfigError(f"--env is empty: name an environment ({', '.join(names)})")
     name = env_name or raw.get("default_env") or "dev"
     if name not in envs:
         raise ConfigError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from stackops.errors import LockBusy
@@ -36,14 +36,18 @@ def env_lock(folder: Path, operation: str) -> Iterator[None]:
                 f"cannot start {operation}: {holder} holds {path}; wait for it to finish "
                 "(the lock is released automatically when that process ends)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{operation} (pid {os.getpid()})\n".encode(), 0)
+        try:  # who holds it, for the message of the next one; a full disk must not stop prune from freeing it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{operation} (pid {os.getpid()})\n".encode(), 0)
+        except OSError:
+            pass
         _held[path] = 1
         try:
             yield
         finally:
             del _held[path]
-            os.ftruncate(fd, 0)
+            with suppress(OSError):
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

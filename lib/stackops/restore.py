@@ -48,7 +48,7 @@ from stackops.errors import (
     StorageFull,
     VersionMismatch,
 )
-from stackops.files import CHUNK
+from stackops.files import CHUNK, dir_size
 from stackops.journal import uploads_forward
 from stackops.lock import env_lock
 from stackops.proc import Cmd, pipeline, run, spawn
@@ -59,6 +59,7 @@ DUMP_TRAILER = b"-- PostgreSQL database dump complete"
 TAIL = 4096  # pg_dump >= 15.14 writes a \unrestrict line after the trailer
 SIDE_TAGS = ("restore", "verify")
 PRE_RESTORE = "_pre_restore_"
+FOLDER_KINDS = ("uploads", "interrupted uploads")  # kinds of previous_copies that are folders, not databases
 NAME_ROOM = 30  # side names: 30 + "_pre_restore_" + 14-digit time + "_" + 4 hex = 62 < 63 (PostgreSQL's limit)
 
 
@@ -232,7 +233,15 @@ def _swap_database(settings: Settings, runtime: Runtime, state: dict[str, Any], 
     """Rename live -> previous and new -> live in one transaction, journaled: a crash anywhere in
     here is completed or undone by ``journal.recover``."""
     live, new, previous = state["live"], state["new"], state["previous"]
-    journal.write(settings, state)
+    try:
+        journal.write(settings, state)
+    except OSError as exc:  # nothing swapped yet: drop the loaded copy, say why in one line
+        dropped: list[str] = []
+        _note(dropped, f"dropping the loaded copy {new}", pg.drop_database, runtime, new)
+        cls = StorageFull if exc.errno == errno.ENOSPC else RestoreError
+        raise cls(_noted(f"cannot write the restore journal in {settings.env.backups_dir} ({exc.strerror}): "
+                         f"nothing was swapped, the loaded copy was dropped; the live database {live} is "
+                         "unchanged", dropped)) from None
     try:
         with pg.admin(runtime) as conn:
             if not pg.database_exists(conn, live):
@@ -341,25 +350,27 @@ def _stage_uploads(backup: BackupSet, u: dict[str, Any], report: Reporter) -> No
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        files = sum(len(f) for _, _, f in os.walk(staging))
-        expected = (backup.manifest.get("uploads") or {}).get("files")
+        files = sum(not os.path.islink(os.path.join(d, f)) for d, _, names in os.walk(staging) for f in names)
+        expected = (backup.manifest.get("uploads") or {}).get("files")  # regular files: links are not counted
         if expected is not None and files != expected:
             raise RestoreError(f"the uploads archive holds {files} files, the manifest says {expected}")
     except tarfile.FilterError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise BackupCorrupt(f"the uploads archive of {backup.id} holds a hostile entry ({exc}): refused; "
-                            "nothing was touched") from None
+                            "the live database and uploads were not touched") from None
     except tarfile.TarError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BackupCorrupt(f"the uploads archive of {backup.id} cannot be read ({exc}); nothing was touched") from None
+        raise BackupCorrupt(f"the uploads archive of {backup.id} cannot be read ({exc}); the live database and "
+                            "uploads were not touched") from None
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             free = shutil.disk_usage(staging.parent).free
             raise StorageFull(f"the uploads folder's filesystem is full while unpacking the backup's uploads "
-                              f"({human_bytes(free)} free): the staging folder was removed; nothing was "
-                              "touched") from None
-        raise RestoreError(f"unpacking the uploads failed ({exc}); nothing was touched") from None
+                              f"({human_bytes(free)} free): the staging folder was removed; the live database "
+                              "and uploads were not touched") from None
+        raise RestoreError(f"unpacking the uploads failed ({exc}); the live database and uploads were not "
+                           "touched") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -551,14 +562,28 @@ def previous_copies(settings: Settings, runtime: Runtime) -> list[dict[str, Any]
     except pg.Error as exc:
         raise DatabaseUnavailable(f"the database server failed while listing copies ({pg.first_line(exc)})") \
             from None
+    return out + _upload_copies(settings, running)
+
+
+def _folders(parent: Path, prefix: str, stamped: str) -> list[Path]:
+    """Real folders (never links, never files) in ``parent`` named ``prefix`` + a restore's time stamp:
+    only what a restore made is ever offered for deletion."""
+    if not parent.is_dir() or parent.is_symlink():
+        return []
+    pattern = re.compile(re.escape(prefix) + stamped)
+    return sorted((p for p in parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
+                  reverse=True)
+
+
+def _upload_copies(settings: Settings, running: bool) -> list[dict[str, Any]]:
+    """Uploads folders kept by earlier restores, and the staging folders a killed restore left."""
     up = settings.env.uploads_dir
-    if up.parent.is_dir():
-        for p in sorted(up.parent.glob(f"{up.name}{PRE_RESTORE}*"), reverse=True):
-            out.append({"kind": "uploads", "name": str(p), "size": None})
-    if up.is_dir() and not up.is_symlink():
-        for p in sorted(up.glob(f"{journal.OURS}{PRE_RESTORE}*"), reverse=True):
-            out.append({"kind": "uploads", "name": str(p), "size": None})
-    return out
+    stamp = r"\d{14}"
+    kept = _folders(up.parent, f"{up.name}{PRE_RESTORE}", stamp) + _folders(up, f"{journal.OURS}{PRE_RESTORE}", stamp)
+    staged = _folders(up.parent, f"{up.name}.restoring-", stamp) + _folders(up, f"{journal.OURS}-restoring-", stamp)
+    return ([{"kind": "uploads", "name": str(p), "size": dir_size(p)} for p in kept]
+            + [{"kind": "in use" if running else "interrupted uploads", "name": str(p), "size": dir_size(p)}
+               for p in staged])
 
 
 def drop_previous_plan(settings: Settings, runtime: Runtime, name: str) -> Plan:
@@ -568,7 +593,7 @@ def drop_previous_plan(settings: Settings, runtime: Runtime, name: str) -> Plan:
     if known[name]["kind"] == "in use":
         raise LockBusy(f"{name} belongs to a restore or verify that is running now; nothing was touched")
     env = settings.env
-    what = ("a scratch copy a killed restore or verify left" if known[name]["kind"] == "interrupted"
+    what = ("a scratch copy a killed restore or verify left" if known[name]["kind"].startswith("interrupted")
             else "a copy an earlier restore kept")
     return Plan(f"removing {name}", env.name, env.protected, [f"remove the {known[name]['kind']} {name}"],
                 [f"{name}: {what} (it cannot be brought back)"])
@@ -580,7 +605,7 @@ def drop_previous(settings: Settings, runtime: Runtime, name: str, report: Repor
         known = {c["name"]: c for c in previous_copies(settings, runtime)}
         if name not in known:
             raise BackupNotFound(f"{name!r} is not a copy kept by a restore: see `invoke restore.previous`")
-        if known[name]["kind"] == "uploads":
+        if known[name]["kind"] in FOLDER_KINDS:
             shutil.rmtree(name)
         else:
             pg.drop_database(runtime, name)
@@ -590,7 +615,7 @@ def drop_previous(settings: Settings, runtime: Runtime, name: str, report: Repor
 def clean_plan(settings: Settings, runtime: Runtime) -> tuple[Plan, list[str]]:
     """Every scratch copy that killed restores and verifies left: the plan to drop them, and their names."""
     copies = previous_copies(settings, runtime)
-    names = [c["name"] for c in copies if c["kind"] == "interrupted"]
+    names = [c["name"] for c in copies if c["kind"].startswith("interrupted")]
     env = settings.env
     busy = [c["name"] for c in copies if c["kind"] == "in use"]
     nothing = "" if names else ("nothing to clean: no scratch copy left by an interrupted restore or verify" +

@@ -24,7 +24,7 @@ from typing import Any
 
 from stackops import pg
 from stackops.config import Settings
-from stackops.errors import ProtectedEnvironment, SeedError
+from stackops.errors import ProtectedEnvironment, SeedError, UsageError
 from stackops.files import atomic_write
 from stackops.report import Reporter
 from stackops.runtime.base import Runtime
@@ -203,7 +203,7 @@ def seed_sample_data(settings: Settings, runtime: Runtime, *, scale: int = 1, se
             "production has no test data (the guide); load sample data into dev or test instead"
         )
     if not 1 <= scale <= 10000:
-        raise SeedError(f"scale {scale} is out of range: use 1..10000")
+        raise UsageError(f"--scale {scale} is out of range: use 1..10000")
     day = (anchor or datetime.now(UTC)).astimezone(UTC)
     anchor = datetime(day.year, day.month, day.day, tzinfo=UTC)
     folder = f"{SAMPLE_UPLOADS}/seed-{seed}-scale-{scale}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
@@ -36,6 +37,10 @@ def guarded(fn: F) -> F:
             raise Exit(f"stackops: {exc}", code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("stackops: interrupted; nothing was left half-done", code=INTERRUPTED) from None
+        except BrokenPipeError:  # `invoke backup.list | head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's last flush does not fail too
+            raise Exit(code=0) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -23,13 +23,14 @@ def _whole(flag: str, value: object) -> int:
             "seed": "random seed: the same seed gives the same data (default 0)",
             "env": ENV_HELP, "json": JSON_HELP})
 @guarded
-def seed(c, scale=1, seed=0, env=None, json=False):
+def seed(c, scale=None, seed=None, env=None, json=False):
     """Load test users and sample data (replacing earlier sample data); refused in protected environments."""
     from stackops.seed import seed_sample_data
 
     s = settings(c, env)
     report = reporter(json)
-    result = seed_sample_data(s, runtime(s, report), scale=_whole("scale", scale), seed=_whole("seed", seed),
+    result = seed_sample_data(s, runtime(s, report), scale=_whole("scale", 1 if scale is None else scale),
+                              seed=_whole("seed", 0 if seed is None else seed),
                               report=report)
     if json:
         print_json(result)
