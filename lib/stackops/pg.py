@@ -145,9 +145,15 @@ def table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def data_size(conn: psycopg.Connection[Any]) -> int:
-    """Bytes of every user table's rows (heap and TOAST, no indexes): about what a dump writes."""
+    """About the bytes of every user table's rows (heap and TOAST, no indexes): what a dump writes.
+
+    Read from the catalog's page counts (as of the last VACUUM/ANALYZE), never with pg_table_size():
+    that opens each table and so waits behind any lock another session holds, and this runs inside
+    the backup's snapshot transaction, before pg_dump and its lock timeout."""
     row = conn.execute(user_objects(
-        "SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT coalesce(sum(greatest(c.relpages, 0) + coalesce(greatest(t.relpages, 0), 0)), 0) "
+        "* current_setting('block_size')::bigint FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
         "WHERE c.relkind IN ('r', 'm') AND {user_schemas}")).fetchone()
     return int(row[0]) if row else 0
 
