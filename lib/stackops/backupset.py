@@ -97,15 +97,17 @@ def compressor() -> tuple[str, str, list[str]]:
     return "gzip", ".gz", ["gzip", "-c", "-3"]
 
 
-def decompressor(name: str, path: Path) -> Cmd:
+def decompressor(name: str, path: Path | None) -> Cmd:
+    """The command that decompresses ``path`` to stdout (``path`` None: its stdin)."""
+    src = [] if path is None else [str(path)]
     if name == "zstd":
         if not shutil.which("zstd"):
             raise PrerequisiteError("the backup is zstd-compressed but zstd is not installed: "
                                     "install it with `apt-get install -y zstd`")
-        return Cmd(["zstd", "-q", "-dc", str(path)])
+        return Cmd(["zstd", "-q", "-dc", *src])
     if name == "gzip":
-        return Cmd(["gzip", "-dc", str(path)])
-    return Cmd(["cat", str(path)])
+        return Cmd(["gzip", "-dc", *src])
+    return Cmd(["cat", *src])
 
 
 # ----- manifest ----------------------------------------------------------------------------------
@@ -132,8 +134,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_files(backup: BackupSet, report: Reporter | None = None) -> None:
-    """Every file the manifest names exists with its size and sha256; raise BackupCorrupt otherwise."""
+def check_files(backup: BackupSet, report: Reporter | None = None, streamed: tuple[str, ...] = ()) -> None:
+    """Every file the manifest names exists with its size and sha256; raise BackupCorrupt otherwise.
+
+    Files whose role is in ``streamed`` are checked for presence and size only here: their caller
+    reads them once through ``StreamedFile``, which hashes the bytes it hands out and raises
+    BackupCorrupt at the end when they differ from the manifest (so a load into a side database
+    checks the sha256 in the same read, and the side database is dropped on a mismatch)."""
     for name, entry in backup.manifest["files"].items():
         path = backup.path / name
         if path.is_symlink() or not path.is_file():
@@ -142,11 +149,66 @@ def check_files(backup: BackupSet, report: Reporter | None = None) -> None:
         if size != entry["size"]:
             raise BackupCorrupt(f"backup {backup.id}: {name} is {size} bytes, the manifest says {entry['size']} "
                                 "(truncated or replaced); the backup cannot be used")
-        if sha256_file(path) != entry["sha256"]:
+        if entry["role"] not in streamed and sha256_file(path) != entry["sha256"]:
             raise BackupCorrupt(f"backup {backup.id}: {name} does not match its sha256 (the file is damaged); "
                                 "the backup cannot be used")
     if report is not None:
-        report.info(f"checked {len(backup.manifest['files'])} files of {backup.id}: sizes and sha256 match")
+        later = f" ({', '.join(streamed)}: sha256 checked while it is read)" if streamed else ""
+        report.info(f"checked {len(backup.manifest['files'])} files of {backup.id}: sizes and sha256 match{later}")
+
+
+class StreamedFile:
+    """One file of a set, read once: ``feed(out)`` writes its bytes to ``out`` (a pipe to a
+    decompressor) while hashing them; ``check()`` afterwards raises BackupCorrupt unless every byte
+    was read and they match the manifest's size and sha256. When the reader stops early (a
+    decompressor that failed on damaged bytes), the rest is still hashed, so damage is reported as
+    damage and not as the reader's failure."""
+
+    def __init__(self, backup: BackupSet, role: str) -> None:
+        found = [(n, e) for n, e in backup.manifest["files"].items() if e["role"] == role]
+        if not found:
+            raise BackupCorrupt(f"backup {backup.id} has no {role} file")
+        self.backup = backup
+        self.name, self.entry = found[0]
+        self.path = backup.path / self.name
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.done = False
+        self.error: OSError | None = None
+
+    def feed(self, out: Any) -> None:
+        """Write the file to ``out`` (then close it); never raises (``check`` reports what went wrong)."""
+        writing = True
+        try:
+            with self.path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    self.hash.update(chunk)
+                    self.size += len(chunk)
+                    if writing:
+                        try:
+                            out.write(chunk)
+                        except (BrokenPipeError, ValueError):
+                            writing = False  # the reader stopped: finish the hash, it says whether bytes are bad
+            self.done = True
+        except OSError as exc:
+            self.error = exc
+        finally:
+            try:
+                out.close()
+            except OSError:
+                pass
+
+    def damaged(self) -> bool:
+        """The bytes read so far (all of them, after ``feed``) differ from the manifest."""
+        return self.done and (self.size != self.entry["size"] or self.hash.hexdigest() != self.entry["sha256"])
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise BackupCorrupt(f"backup {self.backup.id}: {self.name} could not be read ({self.error}); "
+                                "the backup cannot be used")
+        if not self.done or self.damaged():
+            raise BackupCorrupt(f"backup {self.backup.id}: {self.name} does not match its sha256 (the file is "
+                                "damaged); the backup cannot be used")
 
 
 def check_uploads(backup: BackupSet) -> Check | None:

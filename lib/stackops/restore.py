@@ -24,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from stackops import journal, pg
-from stackops.backupset import BackupSet, check_files, decompressor, find_backup
+from stackops.backupset import BackupSet, StreamedFile, check_files, decompressor, find_backup
 from stackops.config import Settings
 from stackops.errors import (
     BackupCorrupt,
@@ -149,11 +150,13 @@ def _noted(message: str, notes: list[str]) -> str:
 
 
 def preflight(settings: Settings, runtime: Runtime, backup: BackupSet, report: Reporter,
-              newest_migration: str | None = None) -> None:
+              newest_migration: str | None = None, streamed: tuple[str, ...] = ()) -> None:
     """Everything that can refuse loading ``backup``, checked before anything is created or touched:
     files and checksums, server and client versions, and (given the newest migration version on
-    disk) a backup whose schema is newer than this checkout."""
-    check_files(backup, report)
+    disk) a backup whose schema is newer than this checkout. Roles in ``streamed`` (the database
+    archive, when the caller loads it with ``load_archive`` into a side database) get their sha256
+    checked in the load's own read instead of a read before it."""
+    check_files(backup, report, streamed)
     m = backup.manifest
     with pg.admin(runtime) as conn:
         server = pg.server_major(conn)
@@ -185,8 +188,26 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
     report.step(f"loading {backup.id} into {target}")
     started = time.monotonic()
     restore = runtime.pg_cmd("pg_restore").with_args("--exit-on-error", "--no-password", "--dbname", target)
-    pipeline([decompressor(backup.compression, dump), restore])
-    report.info(f"loaded in {time.monotonic() - started:.1f}s")
+    # one read of the archive: hashed as it is fed to the decompressor; a mismatch raises BackupCorrupt
+    # after the load, and the caller drops ``target`` (nothing else was touched)
+    source = StreamedFile(backup, "database")
+    r, w = os.pipe()
+    reader, writer = os.fdopen(r, "rb"), os.fdopen(w, "wb")
+    feeder = threading.Thread(target=source.feed, args=(writer,), name="archive-feeder", daemon=True)
+    feeder.start()
+    try:
+        pipeline([decompressor(backup.compression, None), restore], stdin_file=reader)
+    except CommandFailed:
+        reader.close()  # the feeder, blocked on a full pipe, stops writing and finishes the hash
+        feeder.join()
+        if source.damaged() or source.error is not None:
+            source.check()  # damaged bytes made the decompressor or pg_restore fail: say so
+        raise
+    finally:
+        reader.close()
+        feeder.join()
+    source.check()
+    report.info(f"loaded in {time.monotonic() - started:.1f}s (sha256 of {source.name} checked in the same read)")
 
 
 def compare_counts(runtime: Runtime, db: str, expected: dict[str, int]) -> dict[str, int]:
@@ -445,7 +466,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
             backup = _source(settings, ref, uploads)
             if isinstance(backup, Path):
                 return _restore_plain(settings, runtime, backup, report, started, approve)
-            preflight(settings, runtime, backup, report, newest_migration)
+            preflight(settings, runtime, backup, report, newest_migration, streamed=("database",))
             _preflight_swap(runtime, live)
             u = _uploads_plan(settings) if uploads else None
             target = _create_side(runtime, live)
