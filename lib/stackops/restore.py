@@ -176,6 +176,18 @@ def preflight(settings: Settings, runtime: Runtime, backup: BackupSet, report: R
         )
 
 
+def load_settings() -> dict[str, str]:
+    """Session settings for loading a side database: index builds and foreign-key checks sort and hash
+    in memory (up to 1/16 of this machine's memory, at most 512 MB; never below the defaults), and
+    commits do not wait for the WAL flush."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 0
+    mb = max(64, min(512, ram // 16 // 2**20))
+    return {"maintenance_work_mem": f"{mb}MB", "work_mem": f"{max(4, mb // 4)}MB", "synchronous_commit": "off"}
+
+
 def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Reporter) -> None:
     """pg_restore the set's database archive into the existing empty database ``target``."""
     dump = backup.file("database")
@@ -187,6 +199,11 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
             input=glob.read_bytes(), check=False)
     report.step(f"loading {backup.id} into {target}")
     started = time.monotonic()
+    # bulk-load settings for the side database's sessions only, reset before anything can swap it in.
+    # synchronous_commit=off cannot lose a swapped-in row: the swap's own commit is synchronous and
+    # flushes the WAL before it, and a crash before the swap leaves only a scratch copy.
+    with pg.admin(runtime) as conn:
+        pg.set_database_options(conn, target, load_settings())
     restore = runtime.pg_cmd("pg_restore").with_args("--exit-on-error", "--no-password", "--dbname", target)
     # one read of the archive: hashed as it is fed to the decompressor; a mismatch raises BackupCorrupt
     # after the load, and the caller drops ``target`` (nothing else was touched)
@@ -206,6 +223,8 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
     finally:
         reader.close()
         feeder.join()
+    with pg.admin(runtime) as conn:
+        pg.set_database_options(conn, target, None)
     source.check()
     report.info(f"loaded in {time.monotonic() - started:.1f}s (sha256 of {source.name} checked in the same read)")
 
