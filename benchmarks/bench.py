@@ -335,15 +335,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "(default: scale / 10)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--root", type=Path, default=Path("/var/tmp/stackops-bench"))
-    ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--json", type=Path, default=None, help="where to write the results as JSON "
+                    "(default: ROOT/results-scale-<scale>.json)")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     log = (lambda _s: None) if a.quiet else (lambda s: print(s, flush=True))
     result = run(a.scale, a.repeat, a.root, a.rss_scale if a.rss_scale is not None else a.scale / 10, log)
     print(table(result["rows"]))
-    if a.json is not None:
-        a.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"JSON: {a.json}")
+    out = a.json or a.root / f"results-scale-{a.scale:g}.json"
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"JSON: {out}")
     return result
 
 
