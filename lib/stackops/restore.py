@@ -24,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import zlib
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from stackops import journal, pg
-from stackops.backupset import BackupSet, StreamedFile, check_files, decompressor, find_backup
+from stackops.backupset import TMP_PREFIX, BackupSet, StreamedFile, check_files, decompressor, find_backup
 from stackops.config import Settings
 from stackops.errors import (
     BackupCorrupt,
@@ -188,6 +189,53 @@ def load_settings() -> dict[str, str]:
     return {"maintenance_work_mem": f"{mb}MB", "work_mem": f"{max(4, mb // 4)}MB", "synchronous_commit": "off"}
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+COPY_ROOM = 10  # a custom archive is at most ~10x its zstd size for ImpactBot data (text ~3-4x)
+
+
+def _seekable_copy_dir(runtime: Runtime, backup: BackupSet) -> Path | None:
+    """A private folder for a decompressed, seekable copy of the archive (for ``pg_restore --jobs``),
+    when that pays and is possible: two cores or more, zstd, a pg_restore that reads this machine's
+    files (not inside a container), and room for the copy with 5 % of the filesystem left free.
+    It is a ``.tmp-`` folder in the backups folder: a killed restore's copy is removed like a killed
+    backup's folder. None: stream into a single pg_restore."""
+    dump = backup.file("database")
+    if dump is None or _cores() < 2 or backup.compression != "zstd" or runtime.kind == "compose":
+        return None
+    folder = backup.path.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    if free - COPY_ROOM * dump.stat().st_size < total // 20:
+        return None
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}load-", dir=folder))
+
+
+def _feed(source: StreamedFile, cmds: list[Cmd]) -> None:
+    """Run ``cmds`` with the archive's bytes on the first one's stdin, hashed as they go. When a
+    command fails and the bytes were damaged, BackupCorrupt says so instead of the failure."""
+    r, w = os.pipe()
+    reader, writer = os.fdopen(r, "rb"), os.fdopen(w, "wb")
+    feeder = threading.Thread(target=source.feed, args=(writer,), name="archive-feeder", daemon=True)
+    feeder.start()
+    try:
+        pipeline(cmds, stdin_file=reader)
+    except CommandFailed:
+        reader.close()  # the feeder, blocked on a full pipe, stops writing and finishes the hash
+        feeder.join()
+        if source.damaged() or source.error is not None:
+            source.check()  # damaged bytes made the decompressor or pg_restore fail: say so
+        raise
+    finally:
+        reader.close()
+        feeder.join()
+
+
 def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Reporter) -> None:
     """pg_restore the set's database archive into the existing empty database ``target``."""
     dump = backup.file("database")
@@ -205,28 +253,37 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
     with pg.admin(runtime) as conn:
         pg.set_database_options(conn, target, load_settings())
     restore = runtime.pg_cmd("pg_restore").with_args("--exit-on-error", "--no-password", "--dbname", target)
-    # one read of the archive: hashed as it is fed to the decompressor; a mismatch raises BackupCorrupt
-    # after the load, and the caller drops ``target`` (nothing else was touched)
+    # one read of the archive, hashed as it is fed to the decompressor; a mismatch raises BackupCorrupt
+    # and the caller drops ``target`` (nothing else was touched)
     source = StreamedFile(backup, "database")
-    r, w = os.pipe()
-    reader, writer = os.fdopen(r, "rb"), os.fdopen(w, "wb")
-    feeder = threading.Thread(target=source.feed, args=(writer,), name="archive-feeder", daemon=True)
-    feeder.start()
-    try:
-        pipeline([decompressor(backup.compression, None), restore], stdin_file=reader)
-    except CommandFailed:
-        reader.close()  # the feeder, blocked on a full pipe, stops writing and finishes the hash
-        feeder.join()
-        if source.damaged() or source.error is not None:
-            source.check()  # damaged bytes made the decompressor or pg_restore fail: say so
-        raise
-    finally:
-        reader.close()
-        feeder.join()
+    how = "streamed"
+    copy_dir = _seekable_copy_dir(runtime, backup)
+    if copy_dir is None:
+        _feed(source, [decompressor(backup.compression, None), restore])
+    else:
+        try:
+            copy = copy_dir / "database.dump"
+            try:
+                _feed(source, [Cmd(["zstd", "-q", "-d", "-o", str(copy)])])
+                source.check()  # the copy is loaded only when the archive's sha256 matched
+            except CommandFailed as exc:  # e.g. the disk filled: nothing was loaded yet, stream instead
+                report.warn(f"no seekable copy for a parallel load ({exc.stderr.strip()[-200:]}): streaming")
+                shutil.rmtree(copy_dir, ignore_errors=True)
+                copy_dir = None
+                source = StreamedFile(backup, "database")
+                _feed(source, [decompressor(backup.compression, None), restore])
+            else:
+                jobs = _cores()
+                how = f"{jobs} jobs"
+                pipeline([restore.with_args(f"--jobs={jobs}", str(copy))])  # dies with stackops
+        finally:
+            if copy_dir is not None:
+                shutil.rmtree(copy_dir, ignore_errors=True)
     with pg.admin(runtime) as conn:
         pg.set_database_options(conn, target, None)
     source.check()
-    report.info(f"loaded in {time.monotonic() - started:.1f}s (sha256 of {source.name} checked in the same read)")
+    report.info(f"loaded in {time.monotonic() - started:.1f}s ({how}; sha256 of {source.name} checked in the "
+                "same read)")
 
 
 def compare_counts(runtime: Runtime, db: str, expected: dict[str, int]) -> dict[str, int]:
