@@ -23,6 +23,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from stackops import __version__, backupset, pg
 from stackops.backupset import BackupSet, compressor
 from stackops.config import Settings
 from stackops.errors import BackupError, CommandFailed, StorageFull
-from stackops.files import sha256_file
+from stackops.files import CHUNK, sha256_file
 from stackops.journal import OURS
 from stackops.lock import env_lock
 from stackops.proc import Cmd, pipeline, spawn
@@ -144,10 +145,24 @@ def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path,
                      report: Reporter) -> dict[str, Any]:
     """The frozen uploads as one tar stream (written here, hashed file by file) through the compressor."""
     started = time.monotonic()
+    digest = hashlib.sha256()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err:
-        proc = spawn(Cmd(comp_argv), stdin=subprocess.PIPE, stdout=out, stderr=err)
-        assert proc.stdin is not None
+        proc = spawn(Cmd(comp_argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdin is not None and proc.stdout is not None
+        failure: list[BaseException] = []
+
+        def drain(pipe: Any) -> None:  # the archive's sha256 as it is written: no second read of the file
+            try:
+                while chunk := pipe.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+            except BaseException as exc:  # e.g. ENOSPC: raised below, after the compressor stopped
+                failure.append(exc)
+                pipe.close()
+
+        writer = threading.Thread(target=drain, args=(proc.stdout,), name="uploads-writer", daemon=True)
+        writer.start()
         try:
             try:
                 with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -156,10 +171,14 @@ def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path,
             except BrokenPipeError:
                 pass  # the compressor stopped: its exit status and error output say why
             code = proc.wait()
+            writer.join()
         except BaseException:
             proc.kill()
             proc.wait()
+            writer.join()
             raise
+        if failure:
+            raise failure[0]
         if code != 0:
             err.seek(0)
             raise CommandFailed(comp_argv, code, err.read().decode(errors="replace"))
@@ -167,7 +186,7 @@ def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path,
         os.fsync(out.fileno())
     size = dest.stat().st_size
     report.progress("uploads", size, started, final=True)
-    return {"size": size, "sha256": sha256_file(dest)}
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def _stream(cmds: list[Cmd], dest: Path, report: Reporter, label: str) -> dict[str, Any]:
