@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -235,8 +236,14 @@ def check_uploads(backup: BackupSet) -> Check | None:
                                  "only the archive's own sha256 was checked")
     seen: dict[str, tuple[int, str]] = {}
     odd: list[str] = []
-    with tempfile.TemporaryFile() as err:
-        proc = spawn(decompressor(backup.compression, path), stdout=subprocess.PIPE, stderr=err)
+    source = StreamedFile(backup, "uploads")  # the archive's own sha256, in this same read
+    r, w = os.pipe()
+    feed_end = os.fdopen(w, "wb")
+    feeder = threading.Thread(target=source.feed, args=(feed_end,), name="uploads-feeder", daemon=True)
+    with tempfile.TemporaryFile() as err, os.fdopen(r, "rb") as archive_in:
+        proc = spawn(decompressor(backup.compression, None), stdin=archive_in, stdout=subprocess.PIPE, stderr=err)
+        archive_in.close()
+        feeder.start()
         assert proc.stdout is not None
         unreadable: str | None = None
         try:
@@ -261,6 +268,11 @@ def check_uploads(backup: BackupSet) -> Check | None:
         finally:
             proc.stdout.close()
         code = proc.wait()  # -13: it was still writing the end-of-archive padding when the reader stopped
+        feeder.join()
+        try:
+            source.check()
+        except BackupCorrupt as exc:
+            return Check(name, False, str(exc))
         if code not in (0, -13):
             err.seek(0)
             tail = (err.read().decode(errors="replace").strip().splitlines() or ["no error output"])[-1]

@@ -62,7 +62,7 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
         scratch = side_name(settings.env.db_name, "verify")
         ok, detail = True, ""
         try:
-            preflight(settings, runtime, backup, report, streamed=("database",))
+            preflight(settings, runtime, backup, report, streamed=("database", "uploads"))
             uploads = backupset.check_uploads(backup)  # every archived upload against its sha256
             pg.create_database(runtime, scratch)
             load_archive(runtime, backup, scratch, report)
