@@ -111,16 +111,23 @@ class _HashingReader:
         return data
 
 
-def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, dict[str, Any]]) -> None:
+class _Cancelled(Exception):
+    """The archive was abandoned because the rest of the backup failed."""
+
+
+def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, dict[str, Any]],
+              stop: threading.Event | None = None) -> None:
     """Add ``root/rel`` and below in name order (like ``tar --sort=name --numeric-owner``); every
     regular file's archived bytes must hash to what was recorded when it was frozen."""
+    if stop is not None and stop.is_set():
+        raise _Cancelled
     path = root / rel
     info = tar.gettarinfo(str(path), arcname="." if rel == Path(".") else f"./{rel.as_posix()}")
     info.uname = info.gname = ""
     if info.isdir():
         tar.addfile(info)
         for child in sorted(os.listdir(path)):
-            _add_tree(tar, root, rel / child, entries)
+            _add_tree(tar, root, rel / child, entries, stop)
         return
     if info.issym():
         tar.addfile(info)
@@ -142,7 +149,7 @@ def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, di
 
 
 def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path, comp_argv: list[str],
-                     report: Reporter) -> dict[str, Any]:
+                     report: Reporter, stop: threading.Event | None = None) -> dict[str, Any]:
     """The frozen uploads as one tar stream (written here, hashed file by file) through the compressor."""
     started = time.monotonic()
     digest = hashlib.sha256()
@@ -166,7 +173,7 @@ def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path,
         try:
             try:
                 with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    _add_tree(tar, snap, Path("."), entries)
+                    _add_tree(tar, snap, Path("."), entries, stop)
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the compressor stopped: its exit status and error output say why
@@ -184,9 +191,7 @@ def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path,
             raise CommandFailed(comp_argv, code, err.read().decode(errors="replace"))
         out.flush()
         os.fsync(out.fileno())
-    size = dest.stat().st_size
-    report.progress("uploads", size, started, final=True)
-    return {"size": size, "sha256": digest.hexdigest()}
+    return {"size": dest.stat().st_size, "sha256": digest.hexdigest(), "started": started}
 
 
 def _stream(cmds: list[Cmd], dest: Path, report: Reporter, label: str) -> dict[str, Any]:
@@ -308,13 +313,20 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         # row counts and migration head are read in the same snapshot while pg_dump streams; neither
         # waits for a lock longer than the configured timeout, and a failure or Ctrl-C cancels the reader
         pg.limit_lock_waits(conn, wait)
-        pool = ThreadPoolExecutor(max_workers=1)
+        # the frozen uploads (hard links, hashed) need no snapshot: archived while pg_dump streams
+        pool = ThreadPoolExecutor(max_workers=2)
+        stop = threading.Event()
+        archived = None
+        if kind == "full":
+            up_name = f"uploads.tar{ext}"
+            archived = pool.submit(_archive_uploads, snap_uploads, entries, tmp / up_name, comp_argv, report, stop)
         try:
             counted = pool.submit(lambda: (pg.table_counts(conn), pg.migration_head(conn)))
             files[dump_name] = {"role": "database", **_stream([dump, Cmd(comp_argv)], tmp / dump_name, report,
                                                               "database")}
             counts, head = counted.result()
         except BaseException:
+            stop.set()  # the archive stops at its next file
             pg.cancel(conn)
             raise
         finally:
@@ -322,9 +334,10 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
     # the snapshot may close now: uploads are already frozen by the hard links
     globals_cmd = runtime.pg_cmd("pg_dumpall").with_args("--globals-only", "--no-role-passwords")
     files["globals.sql"] = {"role": "globals", **_stream([globals_cmd], tmp / "globals.sql", report, "globals")}
-    if kind == "full":
-        name = f"uploads.tar{ext}"
-        files[name] = {"role": "uploads", **_archive_uploads(snap_uploads, entries, tmp / name, comp_argv, report)}
+    if archived is not None:
+        done = archived.result()
+        report.progress("uploads", done["size"], done.pop("started"), final=True)  # from this thread only
+        files[f"uploads.tar{ext}"] = {"role": "uploads", **done}
         shutil.rmtree(snap_uploads)
     return {
         "format": backupset.FORMAT,
