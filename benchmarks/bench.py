@@ -127,7 +127,7 @@ class Bench:
 
     # ----- the measurements ------------------------------------------------------------------
     def backups(self) -> None:
-        db, out, up = self.db, self.out, self.ds.settings.env.uploads_dir
+        db, out = self.db, self.out
         self.log("backup.db vs guide pg_dump | gzip vs floor pg_dump -Fc -Z0 > /dev/null")
         self.alternate([
             ("floor pg_dump -Fc -Z0", lambda: self.sh(f"pg_dump -Fc -Z0 {db} > /dev/null", "pg_dump"), None, None),
@@ -137,6 +137,10 @@ class Bench:
         ])
         self.sizes = {"guide": (out / "guide.sql.gz").stat().st_size,
                       "ours": next(self.ds.settings.env.backups_dir.glob("*/database.dump*")).stat().st_size}
+        self.full_backup()
+
+    def full_backup(self) -> None:
+        db, out, up = self.db, self.out, self.ds.settings.env.uploads_dir
         self.log("full backup vs the guide's script (pg_dump | gzip + tar czf uploads)")
         self.alternate([
             ("guide script", lambda: self.sh(f"pg_dump {db} | gzip > {out}/guide.sql.gz && "
@@ -278,6 +282,8 @@ def run(scale: float, repeat: int, root: Path, rss_scale: float | None, log: Cal
                 b.full_id = b.newest()
                 b.sh(f"pg_dump {b.db} | gzip > {b.out}/guide.sql.gz", "pg_dump")
             b.restores()
+        if only == "full":
+            b.full_backup()
         pgbr = b.pgbackrest() if only is None else "not measured in this run (--only)"
         if only is None:
             b.small()
@@ -296,11 +302,16 @@ def run(scale: float, repeat: int, root: Path, rss_scale: float | None, log: Cal
             ds2.down()
     m = b.median
     if only is not None:  # a partial run: the rows it measured
-        for name, key, base, target in (("restore.db vs guide", "invoke restore.db", "guide gunzip | psql", 0.85),
-                                        ("restore.db vs raw pipe", "invoke restore.db", "raw zstd -dc | pg_restore",
-                                         1.15),
-                                        ("backup.verify vs restore.db", "invoke backup.verify", "invoke restore.db ",
-                                         1.2)):
+        if only == "full":
+            rows.append({"row": "backup (full) vs guide script", "ours": f"{m('invoke backup'):.2f} s",
+                         "baseline": f"guide script {m('guide script'):.2f} s",
+                         "ratio": f"{b.paired('invoke backup', 'guide script'):.2f}x",
+                         "target": f">= 8x faster (speed-up {b.paired('guide script', 'invoke backup'):.1f}x)",
+                         "ok": b.paired("guide script", "invoke backup") >= 8})
+        restore_rows = (("restore.db vs guide", "invoke restore.db", "guide gunzip | psql", 0.85),
+                        ("restore.db vs raw pipe", "invoke restore.db", "raw zstd -dc | pg_restore", 1.15),
+                        ("backup.verify vs restore.db", "invoke backup.verify", "invoke restore.db ", 1.2))
+        for name, key, base, target in () if only == "full" else restore_rows:
             rows.append({"row": name, "ours": f"{m(key):.2f} s", "baseline": f"{base.strip()} {m(base):.2f} s",
                          "ratio": f"{b.paired(key, base):.2f}x", "target": f"<= {target}x",
                          "ok": b.paired(key, base) <= target, "ours_s": m(key), "baseline_s": m(base)})
@@ -363,8 +374,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="where to write the results as JSON "
                     "(default: ROOT/results-scale-<scale>.json)")
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--only", choices=("restore",), default=None,
-                    help="measure only the restore and verify rows (after a change to the load path)")
+    ap.add_argument("--only", choices=("restore", "full"), default=None,
+                    help="measure only the restore and verify rows, or only the full-backup row")
     a = ap.parse_args(argv)
     log = (lambda _s: None) if a.quiet else (lambda s: print(s, flush=True))
     result = run(a.scale, a.repeat, a.root, a.rss_scale if a.rss_scale is not None else a.scale / 10, log, a.only)
