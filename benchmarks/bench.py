@@ -45,7 +45,9 @@ class Bench:
         self.log = log
         self.env = {**os.environ, **ds.invoke_env(), "PYTHONPATH": str(ROOT / "lib")}
         self.db = ds.settings.env.db_name
-        self.out = Path(tempfile.mkdtemp(prefix="stackops-bench-out-", dir=ds.base))
+        self.out = ds.base / "bench-out"
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out.mkdir()
         self.samples: dict[str, list[float]] = {}
         self.rss: dict[str, int] = {}
 
@@ -289,6 +291,7 @@ def run(scale: float, repeat: int, root: Path, rss_scale: float | None, log: Cal
             b.small()
     finally:
         ds.down()
+        shutil.rmtree(ds.base / "bench-out", ignore_errors=True)  # the guide's dumps: ~1 GB at scale 1
     if rss_scale is not None and only is None:
         ds2 = open_dataset(root, rss_scale, log=log)
         try:
@@ -300,6 +303,7 @@ def run(scale: float, repeat: int, root: Path, rss_scale: float | None, log: Cal
             rss_small = b2.rss
         finally:
             ds2.down()
+            shutil.rmtree(ds2.base / "bench-out", ignore_errors=True)
     m = b.median
     if only is not None:  # a partial run: the rows it measured
         if only == "full":
