@@ -23,6 +23,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from stackops import __version__, backupset, pg
 from stackops.backupset import BackupSet, compressor
 from stackops.config import Settings
 from stackops.errors import BackupError, CommandFailed, StorageFull
-from stackops.files import sha256_file
+from stackops.files import CHUNK, sha256_file
 from stackops.journal import OURS
 from stackops.lock import env_lock
 from stackops.proc import Cmd, pipeline, spawn
@@ -123,16 +124,23 @@ class _HashingReader:
         return data
 
 
-def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, dict[str, Any]]) -> None:
+class _Cancelled(Exception):
+    """The archive was abandoned because the rest of the backup failed."""
+
+
+def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, dict[str, Any]],
+              stop: threading.Event | None = None) -> None:
     """Add ``root/rel`` and below in name order (like ``tar --sort=name --numeric-owner``); every
     regular file's archived bytes must hash to what was recorded when it was frozen."""
+    if stop is not None and stop.is_set():
+        raise _Cancelled
     path = root / rel
     info = tar.gettarinfo(str(path), arcname="." if rel == Path(".") else f"./{rel.as_posix()}")
     info.uname = info.gname = ""
     if info.isdir():
         tar.addfile(info)
         for child in sorted(os.listdir(path)):
-            _add_tree(tar, root, rel / child, entries)
+            _add_tree(tar, root, rel / child, entries, stop)
         return
     if info.issym():
         tar.addfile(info)
@@ -154,33 +162,49 @@ def _add_tree(tar: tarfile.TarFile, root: Path, rel: Path, entries: dict[str, di
 
 
 def _archive_uploads(snap: Path, entries: dict[str, dict[str, Any]], dest: Path, comp_argv: list[str],
-                     report: Reporter) -> dict[str, Any]:
+                     report: Reporter, stop: threading.Event | None = None) -> dict[str, Any]:
     """The frozen uploads as one tar stream (written here, hashed file by file) through the compressor."""
     started = time.monotonic()
+    digest = hashlib.sha256()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err:
-        proc = spawn(Cmd(comp_argv), stdin=subprocess.PIPE, stdout=out, stderr=err)
-        assert proc.stdin is not None
+        proc = spawn(Cmd(comp_argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdin is not None and proc.stdout is not None
+        failure: list[BaseException] = []
+
+        def drain(pipe: Any) -> None:  # the archive's sha256 as it is written: no second read of the file
+            try:
+                while chunk := pipe.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+            except BaseException as exc:  # e.g. ENOSPC: raised below, after the compressor stopped
+                failure.append(exc)
+                pipe.close()
+
+        writer = threading.Thread(target=drain, args=(proc.stdout,), name="uploads-writer", daemon=True)
+        writer.start()
         try:
             try:
                 with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    _add_tree(tar, snap, Path("."), entries)
+                    _add_tree(tar, snap, Path("."), entries, stop)
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the compressor stopped: its exit status and error output say why
             code = proc.wait()
+            writer.join()
         except BaseException:
             proc.kill()
             proc.wait()
+            writer.join()
             raise
+        if failure:
+            raise failure[0]
         if code != 0:
             err.seek(0)
             raise CommandFailed(comp_argv, code, err.read().decode(errors="replace"))
         out.flush()
         os.fsync(out.fileno())
-    size = dest.stat().st_size
-    report.progress("uploads", size, started, final=True)
-    return {"size": size, "sha256": sha256_file(dest)}
+    return {"size": dest.stat().st_size, "sha256": digest.hexdigest(), "started": started}
 
 
 def _stream(cmds: list[Cmd], dest: Path, report: Reporter, label: str, total: int | None = None) -> dict[str, Any]:
@@ -311,13 +335,20 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         # waits for a lock longer than the configured timeout, and a failure or Ctrl-C cancels the reader
         pg.limit_lock_waits(conn, wait)
         data_size = pg.data_size(conn)  # for progress: what pg_dump will write, roughly
-        pool = ThreadPoolExecutor(max_workers=1)
+        # the frozen uploads (hard links, hashed) need no snapshot: archived while pg_dump streams
+        pool = ThreadPoolExecutor(max_workers=2)
+        stop = threading.Event()
+        archived = None
+        if kind == "full":
+            up_name = f"uploads.tar{ext}"
+            archived = pool.submit(_archive_uploads, snap_uploads, entries, tmp / up_name, comp_argv, report, stop)
         try:
             counted = pool.submit(lambda: (pg.table_counts(conn), pg.migration_head(conn)))
             files[dump_name] = {"role": "database", **_stream([dump, Cmd(comp_argv)], tmp / dump_name, report,
                                                               "database", total=data_size)}
             counts, head = counted.result()
         except BaseException:
+            stop.set()  # the archive stops at its next file
             pg.cancel(conn)
             raise
         finally:
@@ -325,9 +356,10 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
     # the snapshot may close now: uploads are already frozen by the hard links
     globals_cmd = runtime.pg_cmd("pg_dumpall").with_args("--globals-only", "--no-role-passwords")
     files["globals.sql"] = {"role": "globals", **_stream([globals_cmd], tmp / "globals.sql", report, "globals")}
-    if kind == "full":
-        name = f"uploads.tar{ext}"
-        files[name] = {"role": "uploads", **_archive_uploads(snap_uploads, entries, tmp / name, comp_argv, report)}
+    if archived is not None:
+        done = archived.result()
+        report.progress("uploads", done["size"], done.pop("started"), final=True)  # from this thread only
+        files[f"uploads.tar{ext}"] = {"role": "uploads", **done}
         shutil.rmtree(snap_uploads)
     return {
         "format": backupset.FORMAT,

@@ -99,6 +99,16 @@ def allow_connections(conn: psycopg.Connection[Any], name: str, allow: bool) -> 
         sql.Identifier(name), sql.SQL("true" if allow else "false")))
 
 
+def set_database_options(conn: psycopg.Connection[Any], name: str, options: dict[str, str] | None) -> None:
+    """``ALTER DATABASE name SET`` each option (new sessions of ``name`` start with them); None: RESET ALL."""
+    db = sql.Identifier(name)
+    if options is None:
+        conn.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
+        return
+    for key, value in options.items():
+        conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, sql.Identifier(key), sql.Literal(value)))
+
+
 def terminate_sessions(conn: psycopg.Connection[Any], name: str) -> None:
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                  "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))

@@ -3,6 +3,7 @@ run amcheck on its indexes, drop it, and record the result beside the backup."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -62,10 +63,16 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
         scratch = side_name(settings.env.db_name, "verify")
         ok, detail = True, ""
         try:
-            preflight(settings, runtime, backup, report)
-            uploads = backupset.check_uploads(backup)  # every archived upload against its sha256
-            pg.create_database(runtime, scratch)
-            load_archive(runtime, backup, scratch, report)
+            preflight(settings, runtime, backup, report, streamed=("database", "uploads"))
+            # every archived upload against its sha256, read while the database loads (other resources)
+            pool = ThreadPoolExecutor(max_workers=1)
+            try:
+                checked = pool.submit(backupset.check_uploads, backup)
+                pg.create_database(runtime, scratch)
+                load_archive(runtime, backup, scratch, report)
+                uploads = checked.result()
+            finally:
+                pool.shutdown(wait=True)
             counts = compare_counts(runtime, scratch, backup.manifest["row_counts"])
             with pg.connect(runtime, scratch, autocommit=True) as conn:
                 checks = [pg.invalid_indexes(conn), pg.amcheck(conn)]
