@@ -341,9 +341,9 @@ class ComposeRuntime(Runtime):
             raise
         self.wait_healthy(report, timeout=timeout)
 
-    def wait_healthy(self, report: Reporter, timeout: float = 300.0) -> None:
+    def wait_healthy(self, report: Reporter, timeout: float = 300.0, every: float = 1.0) -> None:
         """Wait until every service runs and every one that has a healthcheck is healthy (the backup
-        service too: "healthy" means all of them)."""
+        service too: "healthy" means all of them), looking every ``every`` seconds."""
         started = time.monotonic()
         deadline = started + timeout
         wanted = self.services()
@@ -386,7 +386,7 @@ class ComposeRuntime(Runtime):
             if now != last:
                 report.info(f"waiting: {now}")
                 last = now
-            time.sleep(1.0)
+            time.sleep(every)
 
     def down(self, report: Reporter, *, remove_data: bool = False) -> None:
         if remove_data and self.env.protected:
@@ -480,13 +480,19 @@ class ComposeRuntime(Runtime):
         anything stops), so compose recreates exactly the services whose image changed; then wait.
         With ``services``: ``docker compose stop`` them first, then ``stopped()``."""
         if services:
+            # through the engine (what `docker compose stop` does, without a second compose start-up inside
+            # the downtime): SIGTERM, then SIGKILL after the same 60 s
             report.step(f"stopping {', '.join(services)} of {self.env.name}")
-            self._compose_streamed(["stop", "--timeout", "60", *services], report)
+            containers = self.containers()
+            for service in services:
+                c = containers.get(service)
+                if c is not None and c.status == "running":
+                    c.stop(timeout=60)
             if stopped is not None:
                 stopped()
         report.step(f"recreating the services of {self.env.name} whose image changed")
         self._compose_streamed(["up", "--detach", "--remove-orphans", "--pull", "never", "--no-build"], report)
-        self.wait_healthy(report, timeout=timeout)
+        self.wait_healthy(report, timeout=timeout, every=0.25)
 
     def restore_images(self, digests: dict[str, str], report: Reporter) -> list[str]:
         """Re-tag each configured reference to the image recorded in ``digests``; the image it pointed at
