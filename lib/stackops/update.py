@@ -242,7 +242,11 @@ def _rollback(settings: Settings, runtime: Runtime, state: dict[str, Any], repor
         if digests:
             moved = timer.run("rollback: images", lambda: runtime.restore_images(digests, report),
                               lambda m: f"references moved back: {', '.join(m) or 'none'}")
-            timer.run("rollback: recreate and wait healthy", lambda: runtime.recreate(report))
+            now = runtime.image_digests()
+            if moved or any(digest_of(now.get(s, "")) != digest_of(d) for s, d in digests.items()):
+                timer.run("rollback: recreate and wait healthy", lambda: runtime.recreate(report))
+            else:  # every service still runs what was recorded (only data moved): nothing to restart
+                result.steps.append(StepTime("rollback: recreate", 0.0, True, "not needed: the recorded images run"))
             result.rolled_back.append(f"images: {', '.join(moved) or 'none needed'} back to the recorded digests")
         else:
             timer.run("rollback: services up", lambda: runtime.up(report))
