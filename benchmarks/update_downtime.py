@@ -1,11 +1,14 @@
 """Update downtime against a bare `docker compose up -d --wait` recreate of the same services, same run.
 
-On a harness compose project (``stackops-it-<env>``, brought up by the compose nox session or by
-``invoke env.up`` with tests/compose/harness.py's variables): the backend runs
-``stackops-it-backend:current``; each round points that tag at the other of two backend images (v1, v2:
-two digests) and either times a bare ``docker compose up -d --wait`` (the guide's ``pull && up -d``
-minus the pull) or runs ``invoke update --json`` and reads its downtime (first container stopped ->
-every service healthy). Prints one row per method and the ratio of medians (target <= 1.2).
+Brings up a harness compose project (``stackops-it-<env>``) exactly as the compose test session does —
+tests/compose/harness.py's variables, folders and pytest-docker's ``get_docker_services`` with the
+harness's setup and cleanup commands (``down --volumes`` at the end) — so it never touches a real
+environment and needs no running test session (it refuses while one holds the project). The backend
+runs ``stackops-it-backend:current``; each round points that tag at the other of two backend images (v1,
+v2: two digests) and either times a bare ``docker compose up -d --wait`` (the guide's ``pull && up -d``
+minus the pull, which ``update`` also does before anything stops) or runs ``invoke update --json`` and
+reads its downtime (first container stopped -> every service healthy). Prints one row per method, the
+ratio of medians (target <= 1.2) and the update's median step times.
 
     python benchmarks/update_downtime.py --env dev --rounds 3
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,69 +29,102 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "lib"))
 
-from tests.compose.harness import BACKEND_IMAGE, ENVS, WORK, project  # noqa: E402
+from pytest_docker.plugin import get_docker_services  # noqa: E402
+
+from tests.compose.harness import (  # noqa: E402
+    BACKEND_IMAGE,
+    ENVS,
+    WORK,
+    _remove_image,
+    cleanup_commands,
+    compose_files,
+    harness_environ,
+    project,
+    runtime_for,
+    setup_commands,
+    wait_reachable,
+    write_env_file,
+)
 
 REPO = "stackops-it-backend"
+CURRENT = f"{REPO}:current"
 
 
 def docker(*args: str, stdin: str | None = None) -> str:
     return subprocess.run(["docker", *args], check=True, capture_output=True, text=True, input=stdin).stdout.strip()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--env", default="dev", choices=["dev", "test", "prod"])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backend-image", default=BACKEND_IMAGE)
-    args = ap.parse_args()
-    # the variables of a running harness session (its work folder), never a real environment's
-    saved = json.loads((WORK / "harness.json").read_text()) if (WORK / "harness.json").exists() else {}
-    if not saved or args.env not in ENVS:
-        print(f"no harness session in {WORK}: bring one up first (tests/compose/harness.py)", file=sys.stderr)
-        return 2
-    environ = {**os.environ, **saved, "BACKEND_IMAGE": f"{REPO}:current"}
-    docker("tag", args.backend_image, f"{REPO}:v1")
-    docker("build", "-q", "-t", f"{REPO}:v2", "-", stdin=f"FROM {REPO}:v1\nLABEL stackops.bench=2\n")
-    files = {"dev": ["docker-compose.yml", "docker-compose.override.yml"],
-             "test": ["docker-compose.yml", "docker-compose.test.yml"],
-             "prod": ["docker-compose.yml", "docker-compose.prod.yml"]}[args.env]
-    p = f"INVOKE_STACKOPS_ENVS_{args.env.upper()}_"
-    compose_env = {**environ, "POSTGRES_PORT": environ[p + "PORTS_POSTGRES"], "REDIS_PORT": environ[p + "PORTS_REDIS"],
-                   "BACKEND_PORT": environ[p + "PORTS_BACKEND"], "UPLOADS_DIR": environ[p + "UPLOADS_DIR"],
-                   "BACKUPS_DIR": environ[p + "BACKUPS_DIR"]}
-    compose = ["docker", "compose", "-p", project(args.env), *[x for f in files for x in ("-f", f)]]
+def rounds(env: str, n: int) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """n rounds of (bare recreate, update), alternating the backend between v1 and v2."""
+    rt = runtime_for(env)
+    environ = {**os.environ, "BACKEND_IMAGE": CURRENT}
     invoke = [sys.executable, "-m", "invoke", "-r", str(ROOT)]
-    docker("tag", f"{REPO}:v1", f"{REPO}:current")
-    subprocess.run([*invoke, "env.up", "--env", args.env], env=environ, check=True, capture_output=True)
+    docker("tag", BACKEND_IMAGE, f"{REPO}:v1")
+    docker("build", "-q", "-t", f"{REPO}:v2", "-", stdin=f"FROM {REPO}:v1\nLABEL stackops.bench=2\n")
+    docker("tag", f"{REPO}:v1", CURRENT)
+    subprocess.run([*invoke, "env.up", "--env", env], env=environ, check=True, capture_output=True)
+    # every migration applied, so the update's check passes and it runs exactly: stop, recreate, wait
+    subprocess.run([*invoke, "migrate.apply", "--env", env, "--yes"], env=environ, check=True, capture_output=True)
     bare: list[float] = []
     ours: list[float] = []
     steps: dict[str, list[float]] = {}
     tag = "v1"
-    for _ in range(args.rounds):
+    bare_cmd = rt.compose_cmd("up", "--detach", "--wait", "--pull", "never", "--no-build")
+    for i in range(n):
         for method in ("bare", "update"):
             tag = "v2" if tag == "v1" else "v1"
-            docker("tag", f"{REPO}:{tag}", f"{REPO}:current")
+            docker("tag", f"{REPO}:{tag}", CURRENT)
             if method == "bare":
                 t0 = time.monotonic()
-                subprocess.run([*compose, "up", "-d", "--wait", "--pull", "never", "--no-build"], cwd=ROOT / "compose",
-                               env=compose_env, check=True, capture_output=True)
+                subprocess.run(bare_cmd.argv, cwd=bare_cmd.cwd, env={**environ, **bare_cmd.env}, check=True,
+                               capture_output=True)
                 bare.append(time.monotonic() - t0)
             else:
-                proc = subprocess.run([*invoke, "update", "--env", args.env, "--yes", "--json", "--no-migrate"],
-                                      env=environ, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(proc.stdout, proc.stderr, file=sys.stderr)
-                    return 1
-                out = json.loads(proc.stdout)
+                proc = subprocess.run([*invoke, "update", "--env", env, "--yes", "--json", "--no-migrate"],
+                                      env=environ, capture_output=True, text=True, check=False)
+                out = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+                if proc.returncode != 0 or out.get("outcome") != "updated":
+                    raise RuntimeError(f"update exited {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
                 ours.append(float(out["downtime_s"]))
                 for s in out["steps"]:
                     steps.setdefault(s["step"], []).append(float(s["seconds"]))
+            print(f"round {i + 1} {method}: {(bare if method == 'bare' else ours)[-1]:.2f}s", file=sys.stderr)
+    return bare, ours, steps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--env", default="dev", choices=ENVS)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    busy = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project(args.env)}")
+    if busy:
+        print(f"compose project {project(args.env)} is in use (a test session?): run this when it is not",
+              file=sys.stderr)
+        return 2
+    os.environ.update(harness_environ())
+    t0 = time.monotonic()
+    try:
+        for env in ENVS:
+            write_env_file(env)
+        with get_docker_services("docker compose", compose_files(args.env), project(args.env),
+                                 setup_commands(args.env), cleanup_commands(args.env)) as services:
+            wait_reachable(services, runtime_for(args.env))
+            bare, ours, steps = rounds(args.env, args.rounds)
+    finally:  # after `down`: no container runs the tags any more
+        tags = [t for t in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", REPO).splitlines()
+                if t.startswith(REPO + ":")]
+        if tags:
+            subprocess.run(["docker", "image", "rm", *tags], check=False, capture_output=True)
+        _remove_image(BACKEND_IMAGE)
+        shutil.rmtree(WORK, ignore_errors=True)
     b, u = statistics.median(bare), statistics.median(ours)
     print(f"{'method':<44} {'median s':>9}  rounds")
     print(f"{'docker compose up -d --wait (bare recreate)':<44} {b:>9.2f}  {', '.join(f'{x:.2f}' for x in bare)}")
     print(f"{'invoke update: downtime':<44} {u:>9.2f}  {', '.join(f'{x:.2f}' for x in ours)}")
     print(f"downtime ratio update / bare: {u / b:.2f} (target <= 1.2)")
     print("update step times (median s): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in steps.items()))
+    print(f"benchmark wall time {time.monotonic() - t0:.0f}s ({args.env}, {args.rounds} rounds)")
     return 0
 
 

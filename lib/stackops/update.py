@@ -76,6 +76,7 @@ class UpdateResult:
     data_checks: list[Check] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     recovered: str | None = None
+    pins: list[str] = field(default_factory=list)  # the rollback point's image references while it ran
     seconds: float = 0.0
 
     @property
@@ -241,7 +242,11 @@ def _rollback(settings: Settings, runtime: Runtime, state: dict[str, Any], repor
         if digests:
             moved = timer.run("rollback: images", lambda: runtime.restore_images(digests, report),
                               lambda m: f"references moved back: {', '.join(m) or 'none'}")
-            timer.run("rollback: recreate and wait healthy", lambda: runtime.recreate(report))
+            now = runtime.image_digests()
+            if moved or any(digest_of(now.get(s, "")) != digest_of(d) for s, d in digests.items()):
+                timer.run("rollback: recreate and wait healthy", lambda: runtime.recreate(report))
+            else:  # every service still runs what was recorded (only data moved): nothing to restart
+                result.steps.append(StepTime("rollback: recreate", 0.0, True, "not needed: the recorded images run"))
             result.rolled_back.append(f"images: {', '.join(moved) or 'none needed'} back to the recorded digests")
         else:
             timer.run("rollback: services up", lambda: runtime.up(report))
@@ -286,7 +291,7 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter) -> str | Non
                 raise RollbackFailed(f"{journal_path(settings)} is damaged: check `invoke env.status`, images and "
                                      "`invoke backup.list` by hand, then remove it")
             if not js["stack_changed"]:
-                clear(settings)
+                _finish(settings, runtime, state, report)
                 message = (f"an interrupted update (phase {state['phase']}) had changed nothing; its backup "
                            f"{state.get('backup_id')} is kept")
             else:
@@ -296,7 +301,7 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter) -> str | Non
                 state["failure"] = f"interrupted in phase {state['phase']}"
                 write(settings, state, "rolling-back")
                 _rollback(settings, runtime, state, report, result)
-                clear(settings)
+                _finish(settings, runtime, state, report)
                 bad = [c.name for c in result.data_checks if not c.ok]
                 message = (f"an interrupted update (phase {js['phase']}) was rolled back: "
                            f"{'; '.join(result.rolled_back)}"
@@ -306,6 +311,12 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter) -> str | Non
         return None
     report.warn(message)
     return message
+
+
+def _finish(settings: Settings, runtime: Runtime, state: dict[str, Any], report: Reporter) -> None:
+    """The update is over (updated, nothing changed or rolled back): its pins go, then its journal."""
+    runtime.unpin_images([str(p) for p in state.get("pins") or []], report)
+    clear(settings)
 
 
 # ----- the update ----------------------------------------------------------------------------------
@@ -332,7 +343,12 @@ def update(settings: Settings, runtime: Runtime, *, migrate: bool = True, report
         result.digests_before = before
         result.images_apply = bool(before) or bool(runtime.target_digests())
         state: dict[str, Any] = {"backup_id": backup.id, "digests": before, "pid": os.getpid(),
-                                 "started_at": datetime.now(UTC).isoformat(), "migrate": migrate}
+                                 "started_at": datetime.now(UTC).isoformat(), "migrate": migrate, "pins": []}
+        # pinned (<repo>:stackops-rollback-<time>) so no image prune removes the rollback point meanwhile; the
+        # journal names the pins, so whatever ends the update (or recovers a killed one) removes them
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        state["pins"] = runtime.pin_images(before, stamp, report)
+        result.pins = list(state["pins"])
         write(settings, state, "recorded")
         timer.run("pull", lambda: runtime.pull(report), lambda _: "done" if result.images_apply else NO_IMAGES)
         target = runtime.target_digests()
@@ -341,7 +357,7 @@ def update(settings: Settings, runtime: Runtime, *, migrate: bool = True, report
         result.migrations_pending = pending if migrate else []
         write(settings, state, "pulled")
         if not result.images_changed and not result.migrations_pending:
-            clear(settings)
+            _finish(settings, runtime, state, report)
             result.outcome = "nothing-changed"
             result.digests_after = before
             report.step("nothing to update: same image digests, no pending migration"
@@ -387,11 +403,11 @@ def update(settings: Settings, runtime: Runtime, *, migrate: bool = True, report
                 result.downtime_s = round(time.monotonic() - down_started, 2)
             deployment = check_deployment(settings, runtime, report=report)
             result.checks = [c for c in deployment.checks if c.name != BACKUP_ROW]
-            clear(settings)
+            _finish(settings, runtime, state, report)
             result.outcome = "rolled-back"
             result.seconds = round(time.monotonic() - t_start, 2)
             return result
-        clear(settings)
+        _finish(settings, runtime, state, report)
         result.digests_after = runtime.image_digests()
         result.outcome = "updated"
         if result.downtime_s is None:

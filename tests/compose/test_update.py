@@ -47,13 +47,32 @@ def point(tag: str) -> None:
     docker("tag", f"{REPO}:{tag}", CURRENT)
 
 
+def repo_tags() -> list[str]:
+    """Every tag of this module's repository (v1, v2, broken, current, rejected-*, stackops-rollback-*)."""
+    out = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", REPO)
+    return [t for t in out.splitlines() if t.startswith(REPO + ":")]
+
+
+def all_pins() -> list[str]:
+    """Every rollback pin on the engine (updates pin the images of all the harness's services)."""
+    out = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+    return [t for t in out.splitlines() if ":stackops-rollback-" in t]
+
+
 @pytest.fixture(scope="module")
-def images() -> dict[str, str]:
+def images(compose_stack: str) -> Iterator[dict[str, str]]:
+    """v1 (the harness's own backend build, which exists once the harness is up), v2 and broken; every
+    tag of the repository is removed at the end (the images themselves stay the harness's)."""
     docker("tag", STANDIN_BACKEND, f"{REPO}:v1")
     docker("tag", STANDIN_BROKEN, f"{REPO}:broken")
     docker("build", "-q", "-t", f"{REPO}:v2", "-", stdin=f"FROM {REPO}:v1\nLABEL stackops.it.version=2\n"
                                                          "ENV IMPACTBOT_BACKEND_VERSION=2.0.0-it\n")
-    return {t: image_id(f"{REPO}:{t}") for t in ("v1", "v2", "broken")}
+    yield {t: image_id(f"{REPO}:{t}") for t in ("v1", "v2", "broken")}
+    point("v1")
+    cli("env.up", "--env", compose_stack)  # the harness's own BACKEND_IMAGE again, so the tags are unused
+    tags = repo_tags()
+    if tags:
+        subprocess.run(["docker", "image", "rm", *tags], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +117,15 @@ def state(rt: Any) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     return table_hashes(rt), tree(rt.settings.env.uploads_dir), volumes
 
 
+def untouched_by_the_migration(rows: dict[str, str]) -> dict[str, str]:
+    """Every table's rows and every sequence except what applying it_note changes: it_update's rows (a new
+    column), the history table and its sequence."""
+    out = {k: v for k, v in rows.items() if k not in ("public.it_update", "public.schema_migrations")}
+    out["_sequences"] = ",".join(x for x in rows.get("_sequences", "").split(",")
+                                 if not x.startswith("public.schema_migrations_"))
+    return out
+
+
 def test_update_v1_to_v2_with_a_pending_migration(it_env: str, v1: dict[str, str], images: dict[str, str],
                                                   migrations: Path) -> None:
     rt = _runtime_for(it_env)
@@ -113,10 +141,10 @@ def test_update_v1_to_v2_with_a_pending_migration(it_env: str, v1: dict[str, str
     assert out["migrations_applied"] == ["20990101000000_it_note"]
     assert out["downtime_s"] > 0 and {s["step"] for s in out["steps"]} >= {"pull", "stop and recreate, wait healthy"}
     assert backend_digest(rt) == images["v2"]
+    assert not all_pins()  # the pins of the rollback point went with the update's end
     after_rows, after_files, after_volumes = state(rt)
     assert after_files == files and after_volumes == volumes  # the same volumes, not new ones
-    assert {k: v for k, v in after_rows.items() if k not in ("public.it_update", "public.schema_migrations")} == \
-        {k: v for k, v in rows.items() if k not in ("public.it_update", "public.schema_migrations")}
+    assert untouched_by_the_migration(after_rows) == untouched_by_the_migration(rows)
     with connect(rt) as conn:
         assert conn.execute("SELECT count(*) FROM it_update WHERE note IS NULL").fetchone() == (2000,)
 
@@ -133,6 +161,7 @@ def test_update_to_broken_rolls_back_to_the_v1_digests(it_env: str, v1: dict[str
     assert all(c["ok"] for c in out["data_checks"]), out["data_checks"]
     assert backend_digest(rt) == images["v1"] and image_id(CURRENT) == images["v1"]
     assert state(rt) == before  # rows, uploads and volumes byte-identical
+    assert not all_pins()
     assert "nothing lost" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -165,17 +194,28 @@ def test_kill_9_between_stop_and_start_is_recovered_by_the_rerun(it_env: str, v1
     while not (journal.exists() and json.loads(journal.read_text()).get("phase") == "stopped"):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
+    # the rollback point is pinned while the update runs: a tag per recorded image, named in the journal
+    pins = json.loads(journal.read_text())["pins"]
+    assert f"{REPO}:stackops-rollback-" in " ".join(pins) and set(pins) <= set(all_pins())
+    assert image_id(next(p for p in pins if p.startswith(REPO + ":"))) == images["v1"]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert {s.name: s.state for s in rt.status()}["backend"] != "running"  # killed with the backend stopped
     status = cli("env.status", "--env", it_env, check=False, extra_env=v1)
     assert status.returncode == 1 and "update: INTERRUPTED in phase stopped" in status.stdout
+    # the rerun first rolls back to what the journal recorded (v1; v2 is kept as :rejected-<time>), so
+    # there is nothing left to update
     rerun = update(it_env, v1)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "was rolled back" in rerun.stderr and json.loads(rerun.stdout)["outcome"] == "updated"
-    assert backend_digest(rt) == images["v2"]
-    rows, files, volumes = state(rt)
-    assert files == before[1] and volumes == before[2] and rows == before[0]
+    assert "was rolled back" in rerun.stderr and json.loads(rerun.stdout)["outcome"] == "nothing-changed"
+    assert backend_digest(rt) == images["v1"] and image_id(CURRENT) == images["v1"]
+    assert not journal.exists() and not set(pins) & set(all_pins())  # the recovery removed the pins
+    assert state(rt) == before  # rows, uploads and volumes as before the killed update
+    # and the update itself goes through once asked again
+    point("v2")
+    again = update(it_env, v1)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["outcome"] == "updated" and backend_digest(rt) == images["v2"]
 
 
 def test_check_shows_an_unhealthy_backend_and_passes_once_repaired(it_env: str, v1: dict[str, str]) -> None:

@@ -141,6 +141,16 @@ class Runtime(abc.ABC):
         services whose reference moved. Empty where there are no images."""
 
     @abc.abstractmethod
+    def pin_images(self, digests: dict[str, str], stamp: str, report: Reporter) -> list[str]:
+        """Give each image recorded in ``digests`` an extra reference ``<repository>:stackops-rollback-<stamp>``
+        so that no image prune removes an update's rollback point while it runs; returns the references
+        made (for ``unpin_images``). Empty where there are no images."""
+
+    @abc.abstractmethod
+    def unpin_images(self, pins: list[str], report: Reporter) -> None:
+        """Remove references ``pin_images`` made (an image they alone kept becomes prunable as before)."""
+
+    @abc.abstractmethod
     def uploads_replaced(self, report: Reporter) -> None:
         """The uploads folder was swapped for another (restore): make services that use it see the new one."""
 
@@ -168,3 +178,9 @@ class WithoutImages:
 
     def restore_images(self, digests: dict[str, str], report: Reporter) -> list[str]:
         return []
+
+    def pin_images(self, digests: dict[str, str], stamp: str, report: Reporter) -> list[str]:
+        return []
+
+    def unpin_images(self, pins: list[str], report: Reporter) -> None:
+        return None

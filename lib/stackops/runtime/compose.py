@@ -40,6 +40,7 @@ OFFLINE_HINT = "run `invoke images.build`, then `invoke images.env >> compose/.e
 DATA_SERVICES = (DATABASE, REDIS, BACKEND)  # must be healthy after up
 SERVICE_PORTS = {DATABASE: 5432, REDIS: 6379, BACKEND: 8000}
 CLEAN_START_LABEL = "stackops.clean-start"
+PIN_PREFIX = "stackops-rollback-"  # <repository>:stackops-rollback-<time>: an update's rollback point
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 VOLUME_LABEL = "com.docker.compose.volume"
@@ -340,9 +341,9 @@ class ComposeRuntime(Runtime):
             raise
         self.wait_healthy(report, timeout=timeout)
 
-    def wait_healthy(self, report: Reporter, timeout: float = 300.0) -> None:
+    def wait_healthy(self, report: Reporter, timeout: float = 300.0, every: float = 1.0) -> None:
         """Wait until every service runs and every one that has a healthcheck is healthy (the backup
-        service too: "healthy" means all of them)."""
+        service too: "healthy" means all of them), looking every ``every`` seconds."""
         started = time.monotonic()
         deadline = started + timeout
         wanted = self.services()
@@ -385,7 +386,7 @@ class ComposeRuntime(Runtime):
             if now != last:
                 report.info(f"waiting: {now}")
                 last = now
-            time.sleep(1.0)
+            time.sleep(every)
 
     def down(self, report: Reporter, *, remove_data: bool = False) -> None:
         if remove_data and self.env.protected:
@@ -479,13 +480,19 @@ class ComposeRuntime(Runtime):
         anything stops), so compose recreates exactly the services whose image changed; then wait.
         With ``services``: ``docker compose stop`` them first, then ``stopped()``."""
         if services:
+            # through the engine (what `docker compose stop` does, without a second compose start-up inside
+            # the downtime): SIGTERM, then SIGKILL after the same 60 s
             report.step(f"stopping {', '.join(services)} of {self.env.name}")
-            self._compose_streamed(["stop", "--timeout", "60", *services], report)
+            containers = self.containers()
+            for service in services:
+                c = containers.get(service)
+                if c is not None and c.status == "running":
+                    c.stop(timeout=60)
             if stopped is not None:
                 stopped()
         report.step(f"recreating the services of {self.env.name} whose image changed")
         self._compose_streamed(["up", "--detach", "--remove-orphans", "--pull", "never", "--no-build"], report)
-        self.wait_healthy(report, timeout=timeout)
+        self.wait_healthy(report, timeout=timeout, every=0.25)
 
     def restore_images(self, digests: dict[str, str], report: Reporter) -> list[str]:
         """Re-tag each configured reference to the image recorded in ``digests``; the image it pointed at
@@ -511,6 +518,36 @@ class ComposeRuntime(Runtime):
                         + (f" (the rejected image is kept as {repo}:rejected-{stamp})" if now is not None else ""))
             moved.append(service)
         return moved
+
+    def pin_images(self, digests: dict[str, str], stamp: str, report: Reporter) -> list[str]:
+        """``<repository>:stackops-rollback-<stamp>`` on every recorded image (one per repository and image):
+        `docker image prune -a` cannot remove an image a tag references, so the rollback point stays."""
+        pins: list[str] = []
+        for service, recorded in sorted(digests.items()):
+            image = self._recorded_image(recorded)
+            if image is None:
+                raise ServiceError(f"the image {service} runs ({recorded}) is not on this host: cannot keep it as "
+                                   "the update's rollback point")
+            repo = _split_ref(recorded.rpartition("@")[0])[0]
+            pin = f"{repo}:{PIN_PREFIX}{stamp}"
+            if pin in pins:
+                continue
+            image.tag(repo, f"{PIN_PREFIX}{stamp}")
+            pins.append(pin)
+        if pins:
+            report.info(f"rollback point pinned: {', '.join(pins)}")
+        return pins
+
+    def unpin_images(self, pins: list[str], report: Reporter) -> None:
+        """Remove the pins: an image that another tag or a container still uses stays; one that only its pin
+        kept goes, as the next prune would have removed it."""
+        for pin in pins:
+            try:
+                self.client.images.remove(pin, noprune=True)
+            except image_missing_error():
+                continue
+            except Exception as exc:  # the engine refuses (e.g. the image's last tag, used by a container)
+                report.info(f"pin {pin} kept: {str(exc).splitlines()[0][:200]}")
 
     def _declared_volumes(self) -> dict[str, list[str]]:
         """service -> the named volumes its compose definition mounts (empty when the files are invalid)."""
