@@ -52,8 +52,12 @@ def run(cmd: Cmd, *, input: bytes | None = None, check: bool = True,
         timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run to completion, capturing output; raise CommandFailed on a non-zero exit when ``check``."""
     try:
-        proc = subprocess.run(cmd.argv, input=input, capture_output=True, timeout=timeout,
-                              check=False, **cmd._kwargs())
+        # no input: stdin is /dev/null, never the user's terminal (``docker exec -i`` would read the
+        # answer typed for our own prompt)
+        kwargs = cmd._kwargs()
+        if input is None:
+            kwargs["stdin"] = subprocess.DEVNULL
+        proc = subprocess.run(cmd.argv, input=input, capture_output=True, timeout=timeout, check=False, **kwargs)
     except FileNotFoundError as exc:
         raise PrerequisiteError(f"{cmd.argv[0]} not found: {exc.strerror}") from exc
     if check and proc.returncode != 0:
@@ -94,7 +98,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn(cmd: Cmd, *, stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
+def spawn(cmd: Cmd, *, stdin: int | IO[Any] | None = subprocess.DEVNULL, stdout: int | IO[Any] | None = None,
           stderr: int | IO[Any] | None = subprocess.PIPE) -> subprocess.Popen[bytes]:
     """Start without waiting, for streaming pipelines (pg_dump | zstd > file)."""
     try:
@@ -152,7 +156,7 @@ def pipeline(cmds: list[Cmd], sink: IO[bytes] | None = None, on_chunk: Any = Non
             errs.append(err)
             last = i == len(cmds) - 1
             out = subprocess.PIPE if (not last or sink is not None) else subprocess.DEVNULL
-            p = spawn(cmd, stdin=prev, stdout=out, stderr=err)
+            p = spawn(cmd, stdin=prev if prev is not None else subprocess.DEVNULL, stdout=out, stderr=err)
             if prev is not None and prev is not stdin_file:
                 prev.close()  # the child holds its own copy; ours must close so EOF propagates
             prev = p.stdout
