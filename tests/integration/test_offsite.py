@@ -22,7 +22,9 @@ from tests.conftest import Fresh, cli_env, invoke_cli
 from tests.integration.test_backup import add_uploads, content, populate, tree
 from tests.offsite_support import Sftp, age_key, sftp_fixture  # noqa: F401  (the `sftp` fixture)
 
-pytestmark = pytest.mark.integration
+# offsite copies move backup sets, whatever runtime took them: the compose runtime's own paths (backup,
+# restore through docker exec) are covered by the rest of the suite, so these run on the local runtime
+pytestmark = [pytest.mark.integration, pytest.mark.local_runtime]
 
 
 def with_remote(settings: Settings, remote: str, path: Path, **kw: object) -> Settings:

@@ -96,9 +96,9 @@ def down(c, env=None, remove_data=False, yes=False, dry_run=False):
     if remove_data:
         if s.env.protected:  # checked before anything is shown or asked: no confirmation makes it allowed
             raise ProtectedEnvironment(
-                f"refusing to remove the data of protected environment {s.env.name!r}: the guide forbids "
-                "`docker-compose down -v` in production (it removes volumes and all data); stop it without "
-                "--remove-data (data is kept)"
+                f"refusing to remove the data of protected environment {s.env.name!r}: the guide says of "
+                "`docker-compose down -v`: \"DON'T USE THIS\" (it removes volumes and all data); the guide forbids "
+                "it in production; stop it without --remove-data (data is kept)"
             )
         data = [f"{x.name}: {x.data_dir}" for x in rt.status() if x.name != "uploads" and x.data_dir != "-"]
         plan = Plan(f"stopping {s.env.name} and removing its data", s.env.name, s.env.protected,
