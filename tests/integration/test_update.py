@@ -50,6 +50,7 @@ def update(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return invoke_cli("update", "--env", "test", "--json", *args, env=env)
 
 
+@pytest.mark.local_runtime  # the data half without images; on compose: tests/compose/test_update.py (v1 -> v2)
 def test_update_applies_the_pending_migration_with_one_backup_and_keeps_every_row(
         stack: tuple[Fresh, dict[str, str]], migrations_dir: Path) -> None:
     fresh, env = stack
