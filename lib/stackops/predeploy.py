@@ -10,32 +10,17 @@ applied yet (the guide: "Test migrations in development first").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from stackops import pg
 from stackops.config import Settings
-from stackops.deploycheck import BACKUP_ROW, MAX_BACKUP_AGE_HOURS, check_deployment, newest_backup_check
+from stackops.deploycheck import BACKUP_ROW, MAX_BACKUP_AGE_HOURS, CheckReport, check_deployment, newest_backup_check
 from stackops.errors import StackopsError
 from stackops.migrate.files import discover
 from stackops.migrate.history import compute_status, history_exists, read_history
 from stackops.migrate.lint import lint
 from stackops.report import Check, Reporter
 from stackops.runtime.base import Runtime
-
-
-@dataclass(frozen=True)
-class PredeployReport:
-    env: str
-    checks: list[Check]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks if c.required)
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok and c.required]
 
 
 def _applied_versions(runtime: Runtime) -> set[str] | None:
@@ -47,7 +32,7 @@ def _applied_versions(runtime: Runtime) -> set[str] | None:
 
 
 def predeploy(settings: Settings, runtime: Runtime, *, others: dict[str, Runtime], report: Reporter,
-              now: datetime | None = None, max_backup_age_hours: float = MAX_BACKUP_AGE_HOURS) -> PredeployReport:
+              now: datetime | None = None, max_backup_age_hours: float = MAX_BACKUP_AGE_HOURS) -> CheckReport:
     """Every row of the gate for ``settings``' environment; ``others``: the other environments on this host."""
     env = settings.env.name
     moment = now or datetime.now(UTC)
@@ -99,4 +84,4 @@ def predeploy(settings: Settings, runtime: Runtime, *, others: dict[str, Runtime
                             f"each pending migration is applied in {', '.join(seen)}",
                             "apply them in dev first (`invoke migrate.apply --env dev`)", required=False))
     assert any(c.name == BACKUP_ROW for c in checks)
-    return PredeployReport(env, checks)
+    return CheckReport(env, checks)
