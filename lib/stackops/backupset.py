@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stackops.config import Settings
-from stackops.errors import BackupCorrupt, BackupError, BackupNotFound, PrerequisiteError
+from stackops.errors import BackupCorrupt, BackupError, BackupNotFound, PrerequisiteError, last_line
 from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
 from stackops.proc import Cmd, spawn
 from stackops.report import Check, Reporter
@@ -338,8 +338,7 @@ def check_uploads(backup: BackupSet) -> Check | None:
             return Check(name, False, str(exc))
         if code not in (0, -13):
             err.seek(0)
-            tail = (err.read().decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
-            return Check(name, False, f"the uploads archive cannot be decompressed ({tail})")
+            return Check(name, False, f"the uploads archive cannot be decompressed ({last_line(err.read())})")
         if unreadable is not None:
             return Check(name, False, unreadable)
     differ = sorted(k for k in seen.keys() & entries.keys()

@@ -80,12 +80,17 @@ class DatabaseUnavailable(ServiceError):
     """The database cannot be reached (the message says how to start it)."""
 
 
+def last_line(output: str | bytes) -> str:
+    """The last line a command wrote (its error, usually), for a one-line message."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    return (text.strip().splitlines() or ["no error output"])[-1]
+
+
 class CommandFailed(StackopsError):
     """An external command exited non-zero."""
 
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
-        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no error output"
-        super().__init__(f"{argv[0]} exited with {returncode}: {tail}")
+        super().__init__(f"{argv[0]} exited with {returncode}: {last_line(stderr)}")
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr

@@ -39,6 +39,7 @@ from stackops.errors import (
     BackupNotFound,
     CommandFailed,
     OffsiteError,
+    last_line,
 )
 from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
 from stackops.lock import env_lock
@@ -148,8 +149,7 @@ class Remote:
         if proc.returncode == 3:  # rclone: directory not found
             return []
         if proc.returncode != 0:
-            tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
-            raise OffsiteError(f"cannot list {self.display}: {tail}")
+            raise OffsiteError(f"cannot list {self.display}: {last_line(proc.stderr)}")
         data = json.loads(proc.stdout or b"[]")
         return [e for e in data if isinstance(e, dict)]
 
@@ -167,15 +167,13 @@ class Remote:
         p.stdout.close()
         _, err = p.communicate()
         if p.returncode != 0:
-            tail = (err.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
-            raise OffsiteError(f"reading back {'/'.join(parts)} from {self.display} failed: {tail}")
+            raise OffsiteError(f"reading back {'/'.join(parts)} from {self.display} failed: {last_line(err)}")
         return h.hexdigest(), size
 
     def purge(self, *parts: str) -> None:
         proc = run(self.cmd("purge", self.url(*parts)), check=False)
         if proc.returncode not in (0, 3):
-            tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no error output"])[-1]
-            raise OffsiteError(f"cannot remove {'/'.join(parts)} from {self.display}: {tail}")
+            raise OffsiteError(f"cannot remove {'/'.join(parts)} from {self.display}: {last_line(proc.stderr)}")
 
 
 def remote_sets(settings: Settings, remote: Remote | None = None) -> tuple[list[RemoteSet], list[str]]:

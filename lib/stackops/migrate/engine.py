@@ -154,7 +154,7 @@ class _StepFailed(Exception):
                  exc: BaseException, step: str = "writing its history row") -> None:
         diag = getattr(exc, "diag", None)
         primary = getattr(diag, "message_primary", None) if diag is not None else None
-        self.reason = primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.reason = primary or pg.first_line(exc)
         position = getattr(diag, "statement_position", None) if diag is not None else None
         self.line = statement.line_at(int(position)) if statement and position else (
             statement.line if statement else None)
