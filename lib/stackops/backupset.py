@@ -23,6 +23,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,10 +52,14 @@ KINDS = tuple(COVERS)
 
 @dataclass(frozen=True)
 class BackupSet:
+    """A complete set. ``listing`` True: from ``scan(..., listing=True)``, whose ``manifest`` holds only the
+    fields a listing shows (``LISTED``); anything that reads or restores the set opens it with ``open_set``."""
+
     id: str
     path: Path
     manifest: dict[str, Any]
     verification: dict[str, Any] | None
+    listing: bool = False
 
     @property
     def kind(self) -> str:
@@ -355,15 +360,90 @@ def check_uploads(backup: BackupSet) -> Check | None:
 
 
 def open_set(folder: Path) -> BackupSet:
-    manifest = read_manifest(folder)
-    verification = None
-    vpath = folder / VERIFICATION
-    if vpath.exists():
-        try:
-            verification = json.loads(vpath.read_text())
-        except ValueError:
-            verification = None
-    return BackupSet(folder.name, folder, manifest, verification)
+    return BackupSet(folder.name, folder, read_manifest(folder), _verification(folder))
+
+
+def _verification(folder: Path) -> dict[str, Any] | None:
+    try:
+        found = json.loads((folder / VERIFICATION).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+# ----- the listing cache -------------------------------------------------------------------------
+# ``backup.list`` over hundreds of sets spent most of its time reading, sealing and checking manifests that
+# had not changed. ``.list-cache.json`` in the backups folder keeps, per set, the listed fields of a manifest
+# that passed ``read_manifest``, under the key of the manifest file it was read from: device, inode, size,
+# mtime and ctime in ns. An edit in place changes the ctime even when the mtime is put back (only the kernel
+# sets it), a replacement changes the inode, so any other key means "read it again". A manifest changed
+# within RACY_NS of its last change is not cached (a second edit inside one timestamp tick would keep the
+# key: git's "racily clean" entries). The cache is a hint: unreadable, malformed or hostile content (wrong
+# types, names that are not plain, a link) is ignored and rewritten; a set whose key does not match is read
+# as if there were no cache. Whoever can write this file can also rewrite and re-seal a manifest (the seal
+# is a checksum, not a signature), so it gives nobody a power they did not have. Every listing still checks
+# every file's size (``quick_check``), so a truncated set shows as damaged whatever the cache says.
+LIST_CACHE = ".list-cache.json"
+LIST_CACHE_FORMAT = "stackops-list-cache/1"
+LISTED = ("format", "id", "kind", "started_at", "duration_s", "migration_head", "compression", "files",
+          "manifest_sha256")
+RACY_NS = 2_000_000_000
+_CACHE_MAX = 64 << 20
+
+
+def _key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _manifest_key(folder: Path) -> list[int] | None:
+    try:
+        st = os.stat(folder / MANIFEST, follow_symlinks=False)
+    except OSError:
+        return None
+    return _key(st) if stat.S_ISREG(st.st_mode) else None
+
+
+def _valid_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    key, listed = entry.get("key"), entry.get("manifest")
+    if not (isinstance(key, list) and len(key) == 5 and all(type(k) is int for k in key)):
+        return False
+    if not isinstance(listed, dict) or set(listed) - set(LISTED) or listed.get("format") != FORMAT:
+        return False
+    if not isinstance(listed.get("compression"), str) or not _SHA256.match(str(listed.get("manifest_sha256"))):
+        return False
+    head = listed.get("migration_head")
+    return (head is None or isinstance(head, str)) and _malformed(listed) == ""
+
+
+def _load_cache(folder: Path) -> dict[str, dict[str, Any]]:
+    """The cache's entries that are well formed ({} for a missing, unreadable or malformed cache)."""
+    try:
+        fd = os.open(folder / LIST_CACHE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _CACHE_MAX:
+                return {}
+            data = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != LIST_CACHE_FORMAT or not isinstance(data.get("sets"), dict):
+        return {}
+    return {name: entry for name, entry in data["sets"].items() if _valid_entry(entry)}
+
+
+def _save_cache(folder: Path, entries: dict[str, dict[str, Any]]) -> None:
+    try:
+        atomic_write(folder / LIST_CACHE, json.dumps({"format": LIST_CACHE_FORMAT, "sets": entries},
+                                                     separators=(",", ":")).encode())
+    except OSError:
+        pass  # a read-only or full backups folder: list without a cache
 
 
 def write_verification(folder: Path, result: dict[str, Any]) -> None:
@@ -371,31 +451,48 @@ def write_verification(folder: Path, result: dict[str, Any]) -> None:
 
 
 # ----- list / find / delete ----------------------------------------------------------------------
-def scan(settings: Settings) -> tuple[list[BackupSet], list[Damaged]]:
+def scan(settings: Settings, *, listing: bool = False) -> tuple[list[BackupSet], list[Damaged]]:
     """Complete backups (newest first) and damaged ones (never silently left out). Folders in
-    progress (``.tmp-*``) and other dot-folders are neither."""
-    return scan_folder(settings.env.backups_dir)
+    progress (``.tmp-*``) and other dot-folders are neither. ``listing``: sets carry only the listed
+    fields of their manifests, through the listing cache (for ``backup.list``)."""
+    return scan_folder(settings.env.backups_dir, listing=listing)
 
 
-def scan_folder(folder: Path) -> tuple[list[BackupSet], list[Damaged]]:
+def scan_folder(folder: Path, *, listing: bool = False) -> tuple[list[BackupSet], list[Damaged]]:
     """``scan`` of a backups folder given by path (the backup service's health check has no Settings)."""
     if not folder.is_dir():
         return [], []
     sets: list[BackupSet] = []
     damaged: list[Damaged] = []
-    for child in folder.iterdir():
-        if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
-            continue
-        try:
-            found = open_set(child)
-        except BackupCorrupt as exc:
-            damaged.append(Damaged(child.name, child, str(exc)))
-            continue
+    cache = _load_cache(folder) if listing else {}
+    keep: dict[str, dict[str, Any]] = {}
+    now_ns = time.time_ns()
+    with os.scandir(folder) as entries:  # the type from the folder listing: no stat per entry
+        children = [folder / e.name for e in entries
+                    if not e.name.startswith(".") and not e.is_symlink() and e.is_dir(follow_symlinks=False)]
+    for child in children:
+        key = _manifest_key(child) if listing else None
+        hit = cache.get(child.name)
+        if key is not None and hit is not None and hit["key"] == key:
+            keep[child.name] = hit
+            found = BackupSet(child.name, child, hit["manifest"], _verification(child), listing=True)
+        else:
+            try:
+                found = open_set(child)
+            except BackupCorrupt as exc:
+                damaged.append(Damaged(child.name, child, str(exc)))
+                continue
+            # cached only when the key is the same after the read (no change while it was read) and settled
+            if key is not None and _manifest_key(child) == key and now_ns - key[4] > RACY_NS:
+                listed = {k: found.manifest[k] for k in LISTED if k in found.manifest}
+                keep[child.name] = {"key": key, "manifest": listed}
         problem = quick_check(found)
         if problem:
             damaged.append(Damaged(child.name, child, f"backup {child.name}: {problem}; the backup cannot be used"))
         else:
             sets.append(found)
+    if listing and keep != cache:
+        _save_cache(folder, keep)
     return sorted(sets, key=lambda b: b.started_at, reverse=True), sorted(damaged, key=lambda d: d.id, reverse=True)
 
 

@@ -60,7 +60,7 @@ def list_(c, env=None, json=False):
 
     s = settings(c, env)
     if json:
-        sets, damaged = scan(s)
+        sets, damaged = scan(s, listing=True)
         where, remote_only = _where(s)
         print_json([{"id": b.id, "kind": b.kind, "path": b.path, "started_at": b.manifest["started_at"],
                      "age_s": _age_s(b), "duration_s": b.manifest["duration_s"], "size": b.size,
@@ -111,7 +111,7 @@ def print_list(s: Any) -> None:
     from stackops.backupset import scan
     from stackops.report import human_bytes
 
-    sets, damaged = scan(s)
+    sets, damaged = scan(s, listing=True)
     where, remote_only = _where(s)
     if not sets and not damaged and not remote_only:
         print(f"no backups in {s.env.backups_dir}")
