@@ -2,6 +2,9 @@
 
 CI and offline developer machines only: where `docker pull` works, the compose files' defaults (the
 real postgres:15, redis:7 and python:3.11-slim) are used and none of these tasks is needed.
+
+``ci.images`` (the builder) is imported inside the task bodies: every `invoke` command loads this
+collection, and only these three tasks need the builder.
 """
 
 from __future__ import annotations
@@ -10,26 +13,28 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from ci import images
 from stackops.cli import JSON_HELP, guarded, print_json, reporter, table
-from stackops.report import human_bytes
 
 
 @task(help={
     "force": "rebuild every selected image even when its inputs did not change",
-    "only": "comma-separated image names to build (" + ", ".join(s.name for s in images.plan(Path("."))) + ")",
-    "mirror": "Debian mirror for debootstrap",
+    "only": "comma-separated image names to build (the names `invoke images.list` shows)",
+    "mirror": "Debian mirror for debootstrap (empty: the builder's default, deb.debian.org)",
     "json": JSON_HELP,
 })
 @guarded
-def build(c, force=False, only="", mirror=images.DEFAULT_MIRROR, json=False):
+def build(c, force=False, only="", mirror="", json=False):
     """For machines without an image registry: build the stand-in images (cached by input hash).
 
     A Debian rootfs via debootstrap, then docker builds, all under stackops-standin/ (never a real
     image's name); tags an older build put on real names are removed. Select them with `invoke images.env`.
     """
+    from ci import images
+    from stackops.report import human_bytes
+
     names = [n.strip() for n in only.split(",") if n.strip()] or None
-    results = images.build(Path(c.config.stackops_root), reporter(json), force=force, only=names, mirror=mirror)
+    results = images.build(Path(c.config.stackops_root), reporter(json), force=force, only=names,
+                           mirror=mirror or images.DEFAULT_MIRROR)
     if json:
         print_json(results)
         return
@@ -41,6 +46,9 @@ def build(c, force=False, only="", mirror=images.DEFAULT_MIRROR, json=False):
 @guarded
 def list_(c, json=False):
     """For machines without an image registry: each stand-in, present and up to date, and anything stale."""
+    from ci import images
+    from stackops.report import human_bytes
+
     infos = images.list_images(Path(c.config.stackops_root))
     if json:
         print_json(infos)
@@ -62,6 +70,8 @@ def env(c):
     Append them to compose/.env (`invoke images.env >> compose/.env`), or export them
     (`export $(invoke images.env)`); plain `docker compose` and `invoke env.up` then use the stand-ins.
     """
+    from ci import images
+
     for name, tag in images.standin_environ(Path(c.config.stackops_root)).items():
         print(f"{name}={tag}")
 

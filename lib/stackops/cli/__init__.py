@@ -3,7 +3,8 @@ destructive task goes through (``proceed``).
 
 Import cost: ``invoke --list`` imports every cli module, so these modules import the capabilities
 they call inside their task bodies. psycopg (~300 ms), redis (~225 ms) and the docker SDK (~155 ms)
-would otherwise be loaded to print a list of tasks (measured with ``python -X importtime``).
+would otherwise be loaded to print a list of tasks (measured with ``python -X importtime``); so are
+stackops.config and stackops.report here.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke import Exit
 
-from stackops.config import Settings, load
 from stackops.errors import INTERRUPTED, ProtectedEnvironment, StackopsError
-from stackops.report import Plan, Reporter
+
+if TYPE_CHECKING:  # loaded when a task runs: `invoke --list` needs neither (see above)
+    from stackops.config import Settings
+    from stackops.report import Plan, Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +49,8 @@ def guarded(fn: F) -> F:
 
 
 def settings(c: Any, env: str | None) -> Settings:
+    from stackops.config import load
+
     return load(c.config.stackops, env, Path(c.config.stackops_root))
 
 
@@ -53,6 +58,8 @@ def reporter(json_out: bool = False) -> Reporter:
     """Progress for a task. It always goes to stderr, so ``--json`` output on stdout stays parseable; a
     live progress line only on a terminal and never with ``--json`` (plain lines then)."""
     import atexit
+
+    from stackops.report import Reporter
 
     report = Reporter(stream=sys.stderr, live=not json_out)
     atexit.register(report.close)  # a failure in the middle of an item leaves no live line behind
@@ -67,6 +74,7 @@ def runtime(s: Settings, report: Reporter | None) -> Any:
     rt = make_runtime(s, report)
     if (s.env.backups_dir / ".restore-journal.json").exists():
         from stackops.journal import recover
+        from stackops.report import Reporter
 
         recover(s, rt, report or Reporter(stream=sys.stderr))
     return rt

@@ -22,7 +22,6 @@ from stackops.cli import (
     table,
 )
 from stackops.errors import ProtectedEnvironment
-from stackops.report import Plan
 
 
 def show_status(rt: Any, s: Any, as_json: bool) -> bool:
@@ -101,6 +100,8 @@ def down(c, env=None, remove_data=False, yes=False, dry_run=False):
                 "it in production; stop it without --remove-data (data is kept)"
             )
         data = [f"{x.name}: {x.data_dir}" for x in rt.status() if x.name != "uploads" and x.data_dir != "-"]
+        from stackops.report import Plan
+
         plan = Plan(f"stopping {s.env.name} and removing its data", s.env.name, s.env.protected,
                     ["stop every service", "delete the PostgreSQL and Redis data"], data or ["no data found"])
         if not proceed(plan, yes=yes, dry_run=dry_run):
