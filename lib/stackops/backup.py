@@ -341,7 +341,8 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         archived = None
         if kind == "full":
             up_name = f"uploads.tar{ext}"
-            archived = pool.submit(_archive_uploads, snap_uploads, entries, tmp / up_name, comp_argv, report, stop)
+            archived = pool.submit(_archive_uploads, snap_uploads, entries, tmp / up_name,
+                                   compressor(fast=True)[2], report, stop)
         try:
             counted = pool.submit(lambda: (pg.table_counts(conn), pg.migration_head(conn)))
             files[dump_name] = {"role": "database", **_stream([dump, Cmd(comp_argv)], tmp / dump_name, report,

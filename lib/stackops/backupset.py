@@ -107,12 +107,16 @@ def zstd_level(cores: int | None = None) -> int:
     return 2 if n <= 2 else 3
 
 
-def compressor() -> tuple[str, str, list[str]]:
+def compressor(*, fast: bool = False) -> tuple[str, str, list[str]]:
     """(name, file suffix, argv) of the streaming compressor: zstd on all cores, else gzip. Any level
-    reads back with the same decompressor, so sets taken before stay readable."""
+    reads back with the same decompressor, so sets taken before stay readable.
+
+    ``fast``: for the uploads, mostly already-compressed files (jpeg, png, pdf, zip, docx) that no level
+    shrinks: zstd ``--fast=1`` (measured on the scale-0.1 uploads, 80 % binaries: 0.20 s of CPU against
+    0.245 s at level 2, archive 2.8 % larger), gzip ``-1``."""
     if shutil.which("zstd"):
-        return "zstd", ".zst", ["zstd", "-q", f"-{zstd_level()}", "-T0", "-c"]
-    return "gzip", ".gz", ["gzip", "-c", "-3"]
+        return "zstd", ".zst", ["zstd", "-q", "--fast=1" if fast else f"-{zstd_level()}", "-T0", "-c"]
+    return "gzip", ".gz", ["gzip", "-c", "-1" if fast else "-3"]
 
 
 def decompressor(name: str, path: Path | None) -> Cmd:
