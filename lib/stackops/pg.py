@@ -9,7 +9,8 @@ a connection or a catalog query of their own.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -242,32 +243,66 @@ def _amcheck_function(conn: psycopg.Connection[Any]) -> Iterator[sql.Identifier 
         yield sql.Identifier(str(row[0]) if row else "public", "bt_index_check")
 
 
-def amcheck(conn: psycopg.Connection[Any]) -> Check:
+def install_amcheck(conn: psycopg.Connection[Any]) -> bool:
+    """CREATE EXTENSION amcheck, committed (for a scratch database that is dropped afterwards, so that
+    other connections can check too); False when it cannot be created."""
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def amcheck(conn: psycopg.Connection[Any], workers: Sequence[psycopg.Connection[Any]] = ()) -> Check:
     """bt_index_check (heapallindexed) on every btree index amcheck can check: valid, ready, not
     temporary, and a real index (a partitioned table's parent index has no storage; its partitions'
-    indexes are checked). Every failure is collected; what was skipped is said."""
+    indexes are checked). Every failure is collected; what was skipped is said.
+
+    ``workers``: more connections to the same database, where amcheck is installed (``install_amcheck``).
+    The indexes are shared out, largest first (index and table pages: heapallindexed reads the table),
+    each to the connection with the fewest pages so far, and checked in parallel: each check is CPU work
+    in its own server process."""
     name = "amcheck (btree indexes)"
     with _amcheck_function(conn) as func:
         if isinstance(func, str):
             return Check(name, False, func, "ask a superuser to run CREATE EXTENSION amcheck in this database")
         rows = conn.execute(
             "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind = 'i' AND i.indisvalid "
-            "AND i.indisready AND c.relpersistence <> 't' FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "AND i.indisready AND c.relpersistence <> 't', greatest(c.relpages, 0) + greatest(t.relpages, 0) "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' ORDER BY 2"
         ).fetchall()
-        bad: list[str] = []
-        checked = skipped = 0
-        for oid, index, checkable in rows:
-            if not checkable:
-                skipped += 1
-                continue
-            checked += 1
-            try:
-                with conn.transaction():
-                    conn.execute(sql.SQL("SELECT {}(%s::regclass, true)").format(func), (oid,))
-            except psycopg.Error as exc:
-                bad.append(f"{index} ({exc.diag.message_primary or first_line(exc)})")
+        checkable = [(oid, index, int(pages)) for oid, index, ok, pages in rows if ok]
+        skipped = len(rows) - len(checkable)
+        # a worker that cannot see a committed amcheck would report every index as corrupt: none then
+        visible = all(w.execute("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'").fetchone() for w in workers)
+        conns = [conn, *workers] if visible else [conn]
+        shares: list[list[tuple[Any, str]]] = [[] for _ in conns]
+        pages = [0] * len(conns)
+        for oid, index, size in sorted(checkable, key=lambda r: -r[2]):
+            k = pages.index(min(pages))
+            shares[k].append((oid, index))
+            pages[k] += size
+
+        def check(c: psycopg.Connection[Any], share: list[tuple[Any, str]]) -> list[str]:
+            bad: list[str] = []
+            for oid, index in share:
+                try:
+                    with c.transaction():
+                        c.execute(sql.SQL("SELECT {}(%s::regclass, true)").format(func), (oid,))
+                except psycopg.Error as exc:
+                    bad.append(f"{index} ({exc.diag.message_primary or first_line(exc)})")
+            return bad
+
+        if len(conns) == 1:
+            bad = check(conn, shares[0])
+        else:
+            with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="amcheck") as pool:
+                found = [pool.submit(check, c, share) for c, share in zip(conns, shares, strict=True)]
+                bad = sorted(b for f in found for b in f.result())
+    checked = len(checkable)
     note = f"; {skipped} skipped (partitioned parents, invalid or temporary: amcheck cannot check them)" \
         if skipped else ""
     return Check(name, not bad, f"corrupt: {listed(bad)}" if bad else

@@ -3,7 +3,9 @@ run amcheck on its indexes, drop it, and record the result beside the backup."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -37,6 +39,10 @@ def _drop(runtime: Runtime, scratch: str) -> str:
         return f"; note: dropping the scratch database {scratch} failed too ({pg.first_line(exc)}): " \
                "`invoke restore.clean` removes it"
     return ""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _server_answers(runtime: Runtime) -> bool:
@@ -74,8 +80,12 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
             finally:
                 pool.shutdown(wait=True)
             counts = compare_counts(runtime, scratch, backup.manifest["row_counts"])
-            with pg.connect(runtime, scratch, autocommit=True) as conn:
-                checks = [pg.invalid_indexes(conn), pg.amcheck(conn)]
+            with pg.connect(runtime, scratch, autocommit=True) as conn, ExitStack() as more:
+                # amcheck on one connection per core (at most 4): each index check is CPU work in the
+                # server; the scratch database is dropped afterwards, so amcheck may be installed in it
+                workers = [more.enter_context(pg.connect(runtime, scratch, autocommit=True))
+                           for _ in range(min(_cores(), 4) - 1)] if _cores() > 1 and pg.install_amcheck(conn) else []
+                checks = [pg.invalid_indexes(conn), pg.amcheck(conn, workers)]
             failed = [c for c in [*checks, uploads] if c is not None and not c.ok]
             if failed:
                 ok, detail = False, "; ".join(f"{c.name}: {c.detail}" for c in failed)
