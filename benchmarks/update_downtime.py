@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,25 +93,40 @@ def rounds(env: str, n: int) -> tuple[list[float], list[float], dict[str, list[f
     return bare, ours, steps
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--env", default="dev", choices=ENVS)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
-    busy = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project(args.env)}")
+class Unavailable(Exception):
+    """The benchmark cannot run here (no Docker engine, the harness project in use); the message says why."""
+
+
+def unavailable() -> str:
+    """Why the benchmark cannot run on this machine ("" when it can)."""
+    if shutil.which("docker") is None:
+        return "no docker CLI on this machine"
+    try:
+        docker("info", "--format", "{{.ServerVersion}}")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return "no Docker engine answers (`docker info` failed: " + \
+            (getattr(exc, "stderr", "") or str(exc)).strip().splitlines()[-1][:200] + ")"
+    return ""
+
+
+def measure(env: str, n: int) -> dict[str, Any]:
+    """n rounds of (bare recreate, update) in the harness project of ``env``: {"bare": [s...], "update": [s...],
+    "steps": {step: [s...]}, "wall_s": s}. Raises Unavailable when it cannot run here."""
+    reason = unavailable()
+    if reason:
+        raise Unavailable(reason)
+    busy = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project(env)}")
     if busy:
-        print(f"compose project {project(args.env)} is in use (a test session?): run this when it is not",
-              file=sys.stderr)
-        return 2
+        raise Unavailable(f"compose project {project(env)} is in use (a test session?): run this when it is not")
     os.environ.update(harness_environ())
     t0 = time.monotonic()
     try:
-        for env in ENVS:
-            write_env_file(env)
-        with get_docker_services("docker compose", compose_files(args.env), project(args.env),
-                                 setup_commands(args.env), cleanup_commands(args.env)) as services:
-            wait_reachable(services, runtime_for(args.env))
-            bare, ours, steps = rounds(args.env, args.rounds)
+        for e in ENVS:
+            write_env_file(e)
+        with get_docker_services("docker compose", compose_files(env), project(env),
+                                 setup_commands(env), cleanup_commands(env)) as services:
+            wait_reachable(services, runtime_for(env))
+            bare, ours, steps = rounds(env, n)
     finally:  # after `down`: no container runs the tags any more
         tags = [t for t in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", REPO).splitlines()
                 if t.startswith(REPO + ":")]
@@ -118,13 +134,27 @@ def main() -> int:
             subprocess.run(["docker", "image", "rm", *tags], check=False, capture_output=True)
         _remove_image(BACKEND_IMAGE)
         shutil.rmtree(WORK, ignore_errors=True)
+    return {"bare": bare, "update": ours, "steps": steps, "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--env", default="dev", choices=ENVS)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    try:
+        got = measure(args.env, args.rounds)
+    except Unavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    bare, ours, steps = got["bare"], got["update"], got["steps"]
     b, u = statistics.median(bare), statistics.median(ours)
     print(f"{'method':<44} {'median s':>9}  rounds")
     print(f"{'docker compose up -d --wait (bare recreate)':<44} {b:>9.2f}  {', '.join(f'{x:.2f}' for x in bare)}")
     print(f"{'invoke update: downtime':<44} {u:>9.2f}  {', '.join(f'{x:.2f}' for x in ours)}")
     print(f"downtime ratio update / bare: {u / b:.2f} (target <= 1.2)")
     print("update step times (median s): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in steps.items()))
-    print(f"benchmark wall time {time.monotonic() - t0:.0f}s ({args.env}, {args.rounds} rounds)")
+    print(f"benchmark wall time {got['wall_s']:.0f}s ({args.env}, {args.rounds} rounds)")
     return 0
 
 
