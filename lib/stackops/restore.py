@@ -29,6 +29,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -559,17 +560,24 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
             backup = _source(settings, ref, uploads)
             if isinstance(backup, Path):
                 return _restore_plain(settings, runtime, backup, report, started, approve)
-            preflight(settings, runtime, backup, report, newest_migration, streamed=("database",))
+            # restore.db of a full set: the uploads archive's sha256 is read while the database loads (below)
+            later = () if uploads or backup.file("uploads") is None else ("uploads",)
+            preflight(settings, runtime, backup, report, newest_migration, streamed=("database", *later))
             _preflight_swap(runtime, live)
             u = _uploads_plan(settings) if uploads else None
             target = _create_side(runtime, live)
         except pg.Error as exc:
             raise RestoreError(f"the database server failed before anything was touched ({pg.first_line(exc)})") \
                 from None
+        checking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         try:
+            # checked before the swap like every other file; a mismatch drops the loaded copy (below)
+            later_checks = [checking.submit(StreamedFile(backup, role).read_and_check) for role in later]
             load_archive(runtime, backup, target, report)
             counts = compare_counts(runtime, target, backup.manifest["row_counts"])
             report.info(f"row counts match the backup for {len(counts)} tables")
+            for done in later_checks:
+                done.result()
             if u is not None:  # staged before anything live is swapped, so rows and files change together
                 _stage_uploads(backup, u, report)
         except BaseException as exc:
@@ -581,6 +589,8 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
             if isinstance(exc, StackopsError) and notes:
                 raise type(exc)(_noted(str(exc), notes)) from None
             raise
+        finally:
+            checking.shutdown(wait=True)
         state: dict[str, Any] = {"live": live, "new": target, "previous": side_name(live, PRE_RESTORE.strip("_")),
                                  "phase": "db", "uploads": u, "pid": os.getpid(), "source": backup.id}
         try:
