@@ -82,7 +82,7 @@ def _link_tree(src: Path, dst: Path, report: Reporter) -> dict[str, dict[str, An
     """A frozen view of the uploads at this instant under ``dst``: every regular file hard-linked
     (or copied, see ``_freeze_file``), symlinks recreated, anything else (FIFOs, devices, sockets)
     left out with a warning. Returns each file's size and sha256 by its path relative to ``src``."""
-    entries: dict[str, dict[str, Any]] = {}
+    frozen: list[tuple[str, Path, Path]] = []
     dst.mkdir(mode=0o700)
     shutil.copymode(src, dst)  # the archive keeps the folders' own modes
     for dirpath, dirnames, filenames in os.walk(src):
@@ -106,9 +106,17 @@ def _link_tree(src: Path, dst: Path, report: Reporter) -> dict[str, dict[str, An
                 os.symlink(link, target)
             elif not stat.S_ISREG(mode):
                 report.warn(f"left out {rel / name} of the uploads: not a regular file, folder or link")
-            elif (entry := _freeze_file(source, target)) is not None:
-                entries[(rel / name).as_posix()] = entry
-    return entries
+            else:
+                frozen.append(((rel / name).as_posix(), source, target))
+    # linked and hashed one file per core at once (hashlib releases the GIL): this runs while the snapshot
+    # is held and before pg_dump starts, with the cores otherwise idle
+    with ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="freeze") as pool:
+        done = list(pool.map(lambda f: _freeze_file(f[1], f[2]), frozen))
+    return {key: entry for (key, _, _), entry in zip(frozen, done, strict=True) if entry is not None}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _HashingReader:
