@@ -3,12 +3,15 @@ key and client key in a temporary folder, run as a child process and killed in t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,31 @@ def age_key(folder: Path, name: str = "key") -> AgeKey:
     os.chmod(path, 0o600)
     public = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True).stdout.strip()
     return AgeKey(path, public)
+
+
+def fake_set(folder: Path, backup_id: str, started: datetime, kind: str = "db", payload: bytes = b"") -> Path:
+    """A complete, sealed backup set with one real file (no database needed): what retention, push,
+    pull and prune act on, byte for byte."""
+    from stackops.backupset import MANIFEST, seal
+
+    path = folder / backup_id
+    path.mkdir(parents=True, mode=0o700)
+    data = payload or os.urandom(2048)
+    (path / "database.dump.zst").write_bytes(data)
+    manifest = {"format": "stackops-backup/1", "id": backup_id, "kind": kind, "started_at": started.isoformat(),
+                "duration_s": 1.0, "compression": "zstd", "row_counts": {},
+                "files": {"database.dump.zst": {"role": "database", "size": len(data),
+                                                "sha256": hashlib.sha256(data).hexdigest()}}}
+    (path / MANIFEST).write_text(json.dumps(seal(manifest)))
+    return path
+
+
+def offsite_env(backups: Path, state: Path, remote: str, remote_path: Path, env: str = "test",
+                **offsite: str) -> dict[str, str]:
+    """Environment variables for `invoke ... --env env` over ``backups`` (local runtime, no database
+    needed for backup.list / prune / push / pull) with an offsite remote."""
+    prefix = f"INVOKE_STACKOPS_ENVS_{env.upper()}_"
+    return {**os.environ, f"{prefix}BACKUPS_DIR": str(backups), f"{prefix}RUNTIME": "local",
+            f"{prefix}STATE_DIR": str(state), "INVOKE_STACKOPS_OFFSITE_REMOTE": remote,
+            "INVOKE_STACKOPS_OFFSITE_PATH": str(remote_path),
+            **{f"INVOKE_STACKOPS_OFFSITE_{k.upper()}": v for k, v in offsite.items()}}

@@ -52,6 +52,18 @@ def recipient_of(identity: Path) -> str | None:
     return lines[0] if lines else None
 
 
+def exposed(identity: Path) -> str:
+    """A warning when the identity file can be read by other users than its owner ("" otherwise)."""
+    try:
+        mode = identity.stat().st_mode
+    except OSError:
+        return ""
+    if mode & 0o077 == 0:
+        return ""
+    return (f"the age identity {identity} can be read by other users (mode {mode & 0o777:o}): anyone who can read "
+            f"it can open every encrypted backup; `chmod 600 {identity}` (or keep it off this host)")
+
+
 def check_identity(identity: Path | None, recipients: Sequence[str], what: str) -> Path:
     """The identity to decrypt ``what`` with, or IdentityError (one line) when it is not given, not a
     readable file, or an age identity that is not one of ``recipients``."""

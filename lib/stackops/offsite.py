@@ -19,9 +19,11 @@ into the backups folder: a flipped byte anywhere is refused and nothing local ch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -32,20 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from stackops import backupset, crypt
-from stackops.backupset import MANIFEST, TMP_PREFIX, BackupSet
+from stackops.backupset import KINDS, MANIFEST, TMP_PREFIX, BackupSet
 from stackops.config import Retention, Settings
 from stackops.errors import (
     BackupCorrupt,
     BackupNotFound,
     CommandFailed,
     OffsiteError,
+    StorageFull,
     last_line,
 )
 from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
 from stackops.lock import env_lock
 from stackops.proc import Cmd, run, spawn, which
 from stackops.report import Plan, Reporter, human_bytes
-from stackops.retention import BackupRecord, Decision, plan
+from stackops.retention import BackupRecord, Copies, Decision, plan
 
 FORMAT = "stackops-offsite/1"
 INDEX = "offsite.json"
@@ -111,7 +114,56 @@ def parse_index(data: bytes, where: str) -> dict[str, Any]:
         raise BackupCorrupt(f"{where} was not written by stackops (format {FORMAT} expected)")
     if seal_index(index)["index_sha256"] != index.get("index_sha256"):
         raise BackupCorrupt(f"{where} was modified after the push (its checksum does not match): refusing it")
+    problem = _malformed(index)
+    if problem:
+        raise BackupCorrupt(f"{where} is malformed ({problem}): refusing it")
     return index
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _plain(name: object) -> bool:
+    return isinstance(name, str) and "/" not in name and "\\" not in name and "\0" not in name \
+        and name not in ("", ".", "..") and not name.startswith(".")
+
+
+def _malformed(index: dict[str, Any]) -> str:
+    """What is wrong with an index's fields ("" when nothing). Its checksum proves no accident, not that
+    whoever can write the remote re-sealed it with sense: every name a pull writes to must be a plain
+    file name inside the set (never ``../``, never a path), every size and checksum well formed."""
+    if not _plain(index.get("id")):
+        return f"id {index.get('id')!r} is not a plain name"
+    if index.get("kind") not in KINDS:
+        return f"kind {index.get('kind')!r} is not one of {', '.join(KINDS)}"
+    try:
+        started = datetime.fromisoformat(str(index.get("started_at")))
+    except ValueError:
+        return f"started_at {index.get('started_at')!r} is not a time"
+    if started.tzinfo is None:
+        return "started_at has no time zone"
+    if not isinstance(index.get("recipients"), list) or not all(isinstance(r, str) for r in index["recipients"]):
+        return "recipients is not a list of public keys"
+    if not _SHA256.match(str(index.get("manifest_sha256", ""))):
+        return "manifest_sha256 is not a sha256"
+    files = index.get("files")
+    if not isinstance(files, dict) or not files:
+        return "files is not a mapping of file names"
+    sources: set[str] = set()
+    for name, entry in files.items():
+        if not _plain(name) or name == INDEX:
+            return f"file name {name!r} is not a plain name inside the set"
+        if not isinstance(entry, dict) or not _plain(entry.get("source")) or entry.get("source") == INDEX:
+            return f"the source of {name!r} is not a plain name inside the set"
+        if entry["source"] in sources:
+            return f"two files claim to hold {entry['source']!r}"
+        sources.add(entry["source"])
+        if not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) or entry["size"] < 0 \
+                or not _SHA256.match(str(entry.get("sha256", ""))):
+            return f"the entry of {name!r} lacks a size or a sha256"
+    if MANIFEST not in sources:
+        return f"no file holds the set's {MANIFEST}"
+    return ""
 
 
 # ----- rclone --------------------------------------------------------------------------------------
@@ -249,6 +301,11 @@ def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote |
         return PushResult(backup.id, False, bool(recipients), 0, 0.0)
     folder = settings.env.backups_dir
     with env_lock(folder, f"push of {backup.id}"), _staging(folder / f"{PUSH_STAGING}{backup.id}") as staging:
+        # again under the lock: another push may have completed this set since the listing above, and
+        # the purge below must never remove a complete remote copy
+        if any(s.id == backup.id for s in remote_sets(settings, r)[0]):
+            report.info(f"{backup.id} is already complete on {r.display}")
+            return PushResult(backup.id, False, bool(recipients), 0, 0.0)
         backupset.check_files(backup, report)
         report.step(f"staging {backup.id} for {r.display}" + (f" (age, {len(recipients)} recipient(s))"
                                                                if recipients else " (not encrypted)"))
@@ -308,6 +365,58 @@ def find_remote(settings: Settings, ref: str, remote: Remote | None = None) -> R
                          f"`invoke backup.list --env {settings.env.name}`")
 
 
+NO_SPACE = "no space left on device"
+
+
+def _full(folder: Path, rs: RemoteSet) -> StorageFull:
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return StorageFull(f"the backups folder's filesystem is full ({folder}, {human_bytes(free)} free) while pulling "
+                       f"{rs.id} ({human_bytes(rs.size)}): what was downloaded was removed, nothing else was touched; "
+                       "free space (`invoke backup.prune`) and pull again")
+
+
+def _pull_into(r: Remote, rs: RemoteSet, staging: Path, final: Path, ident: Path | None,
+               report: Reporter) -> None:
+    """Download, check, decrypt and open ``rs`` in ``staging``, then rename it to ``final``."""
+    what = f"remote copy of {rs.id}"
+    if final.exists():
+        raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
+    download = private_dir(staging / "download")
+    report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
+    wanted = staging / "files"  # only what the index names: nothing else on the remote lands here
+    wanted.write_text("".join(f"{name}\n" for name in rs.index["files"]))
+    r.run("copy", "--files-from-raw", str(wanted), "--no-traverse", r.url(rs.id), str(download),
+          what=f"downloading {rs.id}")
+    for name, entry in rs.index["files"].items():
+        path = download / name
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != entry["size"] \
+                or sha256_file(path) != entry["sha256"]:
+            raise BackupCorrupt(f"{what}: {name} does not match the size and sha256 recorded when it was pushed "
+                                "(the remote copy is damaged); nothing local was touched")
+    report.info(f"checked {len(rs.index['files'])} downloaded files: sizes and sha256 match the index")
+    out = private_dir(staging / rs.id)
+    for name, entry in rs.index["files"].items():
+        target = out / str(entry["source"])  # a plain name (parse_index): never outside ``out``
+        if ident is not None:
+            crypt.decrypt(download / name, target, ident, f"{what} ({name})")
+            os.chmod(target, 0o600)
+        else:
+            os.replace(download / name, target)
+    if sha256_file(out / MANIFEST) != rs.index["manifest_sha256"]:
+        raise BackupCorrupt(f"{what}: its manifest differs from the one pushed; nothing local was touched")
+    pulled = backupset.open_set(out)
+    extra = sorted(set(os.listdir(out)) - {*pulled.manifest["files"], MANIFEST})
+    if extra:
+        raise BackupCorrupt(f"{what}: its index holds files its manifest does not name ({', '.join(extra)[:200]}): "
+                            "the remote copy was altered; nothing local was touched")
+    backupset.check_files(pulled, report)
+    if rs.index.get("verification"):
+        backupset.write_verification(out, rs.index["verification"])
+    fsync_dir(out)
+    os.rename(out, final)
+    fsync_dir(final.parent)
+
+
 def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None) -> PullResult:
     """Bring one set back from the remote into the backups folder, checked (index, every file's sha256,
     decryption, the set's own manifest and checksums) before it appears there."""
@@ -321,37 +430,21 @@ def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path |
     what = f"remote copy of {rs.id}"
     ident = crypt.check_identity(identity or settings.offsite.identity_file, rs.index["recipients"], what) \
         if rs.encrypted else None
+    if ident is not None and (warning := crypt.exposed(ident)):
+        report.warn(warning)
     folder = private_dir(settings.env.backups_dir)
     final = folder / rs.id
-    with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
-        if final.exists():
-            raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
-        download = private_dir(staging / "download")
-        report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
-        r.run("copy", "--exclude", f"/{INDEX}", r.url(rs.id), str(download), what=f"downloading {rs.id}")
-        for name, entry in rs.index["files"].items():
-            path = download / name
-            if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
-                raise BackupCorrupt(f"{what}: {name} does not match the size and sha256 recorded when it was pushed "
-                                    "(the remote copy is damaged); nothing local was touched")
-        report.info(f"checked {len(rs.index['files'])} downloaded files: sizes and sha256 match the index")
-        out = private_dir(staging / rs.id)
-        for name, entry in rs.index["files"].items():
-            target = out / str(entry["source"])
-            if ident is not None:
-                crypt.decrypt(download / name, target, ident, f"{what} ({name})")
-                os.chmod(target, 0o600)
-            else:
-                os.replace(download / name, target)
-        if sha256_file(out / MANIFEST) != rs.index["manifest_sha256"]:
-            raise BackupCorrupt(f"{what}: its manifest differs from the one pushed; nothing local was touched")
-        pulled = backupset.open_set(out)
-        backupset.check_files(pulled, report)
-        if rs.index.get("verification"):
-            backupset.write_verification(out, rs.index["verification"])
-        fsync_dir(out)
-        os.rename(out, final)
-        fsync_dir(folder)
+    try:
+        with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
+            _pull_into(r, rs, staging, final, ident, report)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _full(folder, rs) from None
+    except (OffsiteError, BackupCorrupt) as exc:
+        if NO_SPACE not in str(exc).lower():
+            raise
+        raise _full(folder, rs) from None
     seconds = round(time.monotonic() - started, 2)
     report.info(f"{rs.id} pulled into {final} in {seconds}s")
     return PullResult(rs.id, True, rs.encrypted, rs.size, seconds)
@@ -370,6 +463,31 @@ def remote_only(settings: Settings, ref: str) -> RemoteSet | None:
         return find_remote(settings, ref)
     except BackupNotFound:
         return None
+
+
+def _same(rs: RemoteSet, local: BackupSet) -> bool:
+    """The local set is the one this remote copy was pushed from (same sealed manifest)."""
+    return sha256_file(local.path / MANIFEST) == str(rs.index["manifest_sha256"])
+
+
+def copies(settings: Settings) -> Copies:
+    """The local sets whose copy on the remote is complete and is the same set: its index seals, names
+    the same manifest, and every file it lists is on the remote with the recorded size. A remote that
+    cannot be read counts as holding nothing (``unknown`` says why): local prune then keeps what it
+    cannot prove is offsite."""
+    try:
+        r = Remote(settings)
+        sets, _ = remote_sets(settings, r)
+        proc = run(r.cmd("lsjson", "-R", "--files-only", r.base), check=False)
+        if proc.returncode not in (0, 3):
+            raise OffsiteError(f"cannot list {r.display}: {last_line(proc.stderr)}")
+        sizes = {str(e.get("Path")): e.get("Size") for e in json.loads(proc.stdout or b"[]") if isinstance(e, dict)}
+    except (OffsiteError, ValueError) as exc:
+        return Copies(frozenset(), str(exc) or type(exc).__name__)
+    local = {b.id: b for b in backupset.list_backups(settings)}
+    ids = {rs.id for rs in sets if rs.id in local and _same(rs, local[rs.id])
+           and all(sizes.get(f"{rs.id}/{name}") == entry["size"] for name, entry in rs.index["files"].items())}
+    return Copies(frozenset(ids))
 
 
 # ----- remote retention ----------------------------------------------------------------------------
@@ -395,7 +513,9 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
         decisions = plan(_records(sets), now or datetime.now(UTC), policy)
     except ValueError as exc:
         raise OffsiteError(f"cannot apply remote retention: {exc}") from exc
-    local = {b.id for b in backupset.list_backups(settings)}
+    by_id = {b.id: b for b in backupset.list_backups(settings)}
+    # a local set counts as the second copy only when it is intact and the very set that was pushed
+    local = {s.id for s in sets if s.id in by_id and _same(s, by_id[s.id])}
     out: list[Decision] = []
     doomed: set[str] = set()
     warnings: list[str] = []
@@ -413,7 +533,8 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
              [f"delete {d.backup.id} from the remote: {'; '.join(d.reasons)}" for d in out if d.backup.id in doomed],
              [f"offsite backup {i}" for i in sorted(doomed)], warnings,
              nothing_to_do="" if doomed else "nothing to delete on the remote: every set keeps a slot or is an "
-                                             "only copy")
+                                             "only copy",
+             always_confirm=bool(warnings))
     return p, out, doomed
 
 
