@@ -167,6 +167,48 @@ def _malformed(index: dict[str, Any]) -> str:
 
 
 # ----- rclone --------------------------------------------------------------------------------------
+ENV_REMOTE = "stackopsoffsite"  # the name a connection string's remote gets in rclone's environment
+
+
+def connection(remote: str) -> tuple[str, dict[str, str]]:
+    """An rclone remote as (what goes in argv, environment). A connection string
+    (``:sftp,host=h,pass=...:``) carries its parameters, credentials included, so it never goes in argv
+    (any user can read another's argv in /proc): it becomes a remote defined in rclone's environment
+    (``RCLONE_CONFIG_<NAME>_<KEY>``) and argv names only that. A named remote (``offsite:``) is passed as
+    is: its credentials live in rclone.conf. Values may be quoted as rclone allows ("a,b" or 'a,b')."""
+    if not remote.startswith(":"):
+        return remote, {}
+    body = remote[1:-1]
+    params: list[str] = []
+    current, quote, i = "", "", 0
+    while i < len(body):
+        ch = body[i]
+        if quote:
+            if ch == quote and body[i + 1:i + 2] == quote:  # a doubled quote stands for itself
+                current += ch
+                i += 1
+            elif ch == quote:
+                quote = ""
+            else:
+                current += ch
+        elif ch in "\"'" and current.endswith("="):
+            quote = ch
+        elif ch == ",":
+            params.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    params.append(current)
+    backend, options = params[0], params[1:]
+    prefix = f"RCLONE_CONFIG_{ENV_REMOTE.upper()}_"
+    env = {f"{prefix}TYPE": backend}
+    for option in options:
+        key, _, value = option.partition("=")
+        env[prefix + key.strip().upper().replace("-", "_")] = value if _ else "true"
+    return f"{ENV_REMOTE}:", env
+
+
 class Remote:
     """One environment's folder on the configured rclone remote."""
 
@@ -176,8 +218,9 @@ class Remote:
             raise OffsiteError("no offsite remote is configured: set stackops.offsite.remote (an rclone remote, "
                                "e.g. INVOKE_STACKOPS_OFFSITE_REMOTE=offsite:) and see the README's offsite section")
         self.settings = settings
-        self.base = f"{o.remote}{o.path.rstrip('/')}/{settings.env.name}"
-        self.display = f"{o.remote.split(',')[0].rstrip(':')}:{o.path.rstrip('/')}/{settings.env.name}"
+        name, self.env = connection(o.remote)
+        self.base = f"{name}{o.path.rstrip('/')}/{settings.env.name}"
+        self.display = display(settings)
 
     def url(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
@@ -187,7 +230,7 @@ class Remote:
         if self.settings.offsite.rclone_config is not None:
             argv += ["--config", str(self.settings.offsite.rclone_config)]
         # one low-level retry each: a transfer that fails is reported, never silently half-done
-        return Cmd([*argv, "--retries", "1", "--low-level-retries", "3", *args])
+        return Cmd([*argv, "--retries", "1", "--low-level-retries", "3", *args], env=self.env)
 
     def run(self, *args: str, what: str) -> bytes:
         try:
@@ -226,6 +269,12 @@ class Remote:
         proc = run(self.cmd("purge", self.url(*parts)), check=False)
         if proc.returncode not in (0, 3):
             raise OffsiteError(f"cannot remove {'/'.join(parts)} from {self.display}: {last_line(proc.stderr)}")
+
+
+def display(settings: Settings) -> str:
+    """The remote as messages show it: the backend or remote name and the folder, never a parameter."""
+    o = settings.offsite
+    return f"{o.remote.split(',')[0].rstrip(':')}:{o.path.rstrip('/')}/{settings.env.name}"
 
 
 def remote_sets(settings: Settings, remote: Remote | None = None) -> tuple[list[RemoteSet], list[str]]:
@@ -365,7 +414,7 @@ def find_remote(settings: Settings, ref: str, remote: Remote | None = None) -> R
                          f"`invoke backup.list --env {settings.env.name}`")
 
 
-NO_SPACE = "no space left on device"
+NO_SPACE = ("no space left on device", "file too big for remaining disk space")  # rclone's words for ENOSPC
 
 
 def _full(folder: Path, rs: RemoteSet) -> StorageFull:
@@ -441,8 +490,8 @@ def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path |
         if exc.errno != errno.ENOSPC:
             raise
         raise _full(folder, rs) from None
-    except (OffsiteError, BackupCorrupt) as exc:
-        if NO_SPACE not in str(exc).lower():
+    except (OffsiteError, BackupCorrupt, StorageFull) as exc:
+        if not isinstance(exc, StorageFull) and not any(m in str(exc).lower() for m in NO_SPACE):
             raise
         raise _full(folder, rs) from None
     seconds = round(time.monotonic() - started, 2)

@@ -83,9 +83,14 @@ def _where(s: Any) -> tuple[dict[str, str], list[Any]]:
     """Where each set lives (local, remote, both) and the remote-only sets; local only without a remote."""
     if not s.offsite.enabled:
         return {}, []
+    from stackops.errors import OffsiteError
     from stackops.offsite import locations
 
-    return locations(s)
+    try:
+        return locations(s)
+    except OffsiteError as exc:  # the local sets are what a restore needs in an outage: list them anyway
+        print(f"warning: {exc}; `where` shows the local backups folder only", file=sys.stderr)
+        return {}, []
 
 
 def _age_s(b: Any) -> int:
