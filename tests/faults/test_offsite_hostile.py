@@ -24,6 +24,7 @@ from stackops.lock import env_lock
 from stackops.report import NullReporter
 from tests.conftest import ROOT, make_settings
 from tests.faults.backup_helpers import one_line, tmpfs
+from tests.faults.conftest import wait_for
 from tests.offsite_support import Sftp, age_key, fake_set, offsite_env, sftp_fixture  # noqa: F401
 
 BACKUP = "db_20261130T000000Z"
@@ -147,3 +148,30 @@ def test_backup_list_still_lists_the_local_sets_when_the_remote_is_down(tmp_path
     assert [line.split()[0] for line in listed.stdout.splitlines()[2:] if line.strip()] == [BACKUP]
     warnings = [line for line in listed.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "local backups folder only" in warnings[0]
+
+
+def test_the_sftp_server_going_down_mid_push_leaves_no_complete_set_and_the_next_push_completes(
+        tmp_path: Path, sftp: Sftp) -> None:
+    src = tmp_path / "backups"
+    fake_set(src, BACKUP, datetime.now(UTC) - timedelta(hours=1), payload=os.urandom(6 << 20))
+    s = _settings(src, sftp.remote, sftp.folder)
+    env = {**offsite_env(src, tmp_path / "stack", sftp.remote, sftp.folder), "RCLONE_BWLIMIT": "1M"}
+    push = subprocess.Popen([sys.executable, "-m", "invoke", "backup.push", "--backup", BACKUP, "--env", "test"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    upload = sftp.folder / "test" / f".tmp-{BACKUP}"
+    wait_for(lambda: push.poll() is None and upload.is_dir()
+             and sum(p.stat().st_size for p in upload.iterdir()) > 0)  # some bytes are on the remote
+    sftp.stop()  # the server dies with the transfer open
+    _, err = push.communicate(timeout=120)
+    assert push.returncode == OffsiteError.exit_code and err.strip().splitlines()[-1].startswith("stackops: "), err
+    assert "Traceback" not in err
+    listed = _cli(env, "backup.list")  # the remote down: the local set is still listed
+    assert listed.returncode == 0 and listed.stdout.count(BACKUP) == 1, listed.stderr
+    assert not (sftp.folder / "test" / BACKUP).exists()  # nothing under the set's own name
+
+    sftp.start()
+    assert offsite.remote_sets(s) == ([], [])  # the upload folder is never listed as a set
+    again = _cli({k: v for k, v in env.items() if k != "RCLONE_BWLIMIT"}, "backup.push", "--all-missing")
+    assert again.returncode == 0, again.stderr
+    assert [r.id for r in offsite.remote_sets(s)[0]] == [BACKUP]
+    assert sorted(os.listdir(sftp.folder / "test")) == [BACKUP]  # the stale upload is gone
