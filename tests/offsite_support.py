@@ -46,6 +46,9 @@ class Sftp:
         assert self.config is not None and not self.server
         self.server.append(_sshd(self.config, self.port))
 
+    def env(self) -> dict[str, str]:
+        return {"INVOKE_STACKOPS_OFFSITE_REMOTE": self.remote, "INVOKE_STACKOPS_OFFSITE_PATH": str(self.folder)}
+
 
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
@@ -75,9 +78,6 @@ def _sshd(config: Path, port: int) -> subprocess.Popen[bytes]:
             proc.kill()
             raise RuntimeError(f"sshd did not start: {proc.stderr.read() if proc.stderr else b''!r}")
         time.sleep(0.05)
-
-    def env(self) -> dict[str, str]:
-        return {"INVOKE_STACKOPS_OFFSITE_REMOTE": self.remote, "INVOKE_STACKOPS_OFFSITE_PATH": str(self.folder)}
 
 
 def _keygen(path: Path) -> None:
