@@ -337,22 +337,36 @@ def _stage(backup: BackupSet, staging: Path, recipients: Sequence[str]) -> dict[
     return files
 
 
+def _already(settings: Settings, r: Remote, backup: BackupSet) -> bool:
+    """True when ``backup`` is complete on the remote; OffsiteError when the remote holds a complete set
+    of the same id that is another set (another host's, or a hand-made one): never overwritten, never
+    taken for this one's copy."""
+    for s in remote_sets(settings, r)[0]:
+        if s.id == backup.id:
+            if not _same(s, backup):
+                raise OffsiteError(f"{r.display} already holds a complete set named {backup.id} that is not this "
+                                   "one (another manifest: another host pushing to the same folder?); it was not "
+                                   "touched and this set is not offsite: give each host its own "
+                                   "stackops.offsite.path")
+            return True
+    return False
+
+
 def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote | None = None) -> PushResult:
     """Copy one complete local set to the remote: staged (encrypted when recipients are configured),
     uploaded under ``.tmp-<id>/``, read back and checked, renamed, then its index written last."""
     r = remote or Remote(settings)
     started = time.monotonic()
     backup = backupset.find_backup(settings, ref)
-    done, _ = remote_sets(settings, r)
     recipients = settings.offsite.recipients
-    if any(s.id == backup.id for s in done):
+    if _already(settings, r, backup):
         report.info(f"{backup.id} is already complete on {r.display}")
         return PushResult(backup.id, False, bool(recipients), 0, 0.0)
     folder = settings.env.backups_dir
     with env_lock(folder, f"push of {backup.id}"), _staging(folder / f"{PUSH_STAGING}{backup.id}") as staging:
         # again under the lock: another push may have completed this set since the listing above, and
         # the purge below must never remove a complete remote copy
-        if any(s.id == backup.id for s in remote_sets(settings, r)[0]):
+        if _already(settings, r, backup):
             report.info(f"{backup.id} is already complete on {r.display}")
             return PushResult(backup.id, False, bool(recipients), 0, 0.0)
         backupset.check_files(backup, report)
@@ -393,8 +407,8 @@ def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote |
 def push_missing(settings: Settings, *, report: Reporter) -> list[PushResult]:
     """Push every complete local set that is not complete on the remote, oldest first."""
     r = Remote(settings)
-    done = {s.id for s in remote_sets(settings, r)[0]}
     local = sorted(backupset.list_backups(settings), key=lambda b: b.started_at)
+    done = {s.id for s in remote_sets(settings, r)[0] if any(b.id == s.id and _same(s, b) for b in local)}
     return [push_set(settings, b.id, report=report, remote=r) for b in local if b.id not in done]
 
 

@@ -175,3 +175,18 @@ def test_the_sftp_server_going_down_mid_push_leaves_no_complete_set_and_the_next
     assert again.returncode == 0, again.stderr
     assert [r.id for r in offsite.remote_sets(s)[0]] == [BACKUP]
     assert sorted(os.listdir(sftp.folder / "test")) == [BACKUP]  # the stale upload is gone
+
+
+def test_another_hosts_set_of_the_same_id_on_the_remote_is_never_overwritten_nor_taken_for_this_one(
+        tmp_path: Path) -> None:
+    started = datetime.now(UTC) - timedelta(hours=1)
+    fake_set(tmp_path / "host-a", BACKUP, started)
+    offsite.push_set(_settings(tmp_path / "host-a", ":local:", tmp_path / "nas"), BACKUP, report=NullReporter())
+    index = (tmp_path / "nas" / "test" / BACKUP / "offsite.json").read_bytes()
+    fake_set(tmp_path / "backups", BACKUP, started)  # host b: same name, other bytes, same remote folder
+    env = offsite_env(tmp_path / "backups", tmp_path / "stack", ":local:", tmp_path / "nas")
+    for args in (("--backup", BACKUP), ("--all-missing",)):
+        refused = _cli(env, "backup.push", *args)
+        line = one_line(refused, OffsiteError.exit_code)
+        assert "is not this one" in line and "this set is not offsite" in line
+    assert (tmp_path / "nas" / "test" / BACKUP / "offsite.json").read_bytes() == index  # host a's copy intact
