@@ -184,8 +184,9 @@ def prune(c, env=None, dry_run=False, yes=False, json=False, include_unpushed=Fa
         def copies():  # read when planning and again under the prune's lock
             return offsite_copies(s)
     plan, decisions = prune_plan(s, copies=copies, include_unpushed=include_unpushed)
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if dry_run or yes or not (plan.protected or plan.always_confirm):  # otherwise confirm shows the plan
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     if not dry_run and not plan.nothing_to_do:
         confirm(plan, yes)
         report = reporter(json)
