@@ -39,6 +39,10 @@ BASE_PACKAGES = (
     "postgresql-15", "postgresql-client-15", "redis-server", "python3", "python3-venv",
     "zstd", "gzip", "procps",
 )
+# Debian packages of the ops image beyond the base: the prod backup service's offsite push (rclone) and
+# its encryption (age). Fetched on the host with `apt-get download` (containers have no network) and
+# installed with dpkg in the image; both depend on libc6 only.
+OPS_PACKAGES = ("rclone", "age")
 # Trimmed from the rootfs before import: package caches, docs, translations, the Debian default cluster.
 ROOTFS_PRUNE = (
     "var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info",
@@ -114,7 +118,7 @@ def plan(root: Path) -> list[ImageSpec]:
         ImageSpec("backend-broken", f"{STANDIN}/impactbot-v2-backend:broken", "python", backend,
                   {"VARIANT": "broken"}, description="backend that fails its health check (update tests)"),
         ImageSpec("ops", "impactbot-v2-ops:local", "base", images / "ops", standin=False,
-                  description="stackops + postgresql-client-15 (the prod backup service)"),
+                  description="stackops + postgresql-client-15, rclone, age (the prod backup service)"),
     ]
 
 
@@ -178,6 +182,7 @@ def input_hash(spec: ImageSpec, root: Path, parent_id: str | None, mirror: str) 
         _hash_tree(h, spec.context, "context")
     if spec.name == "ops":
         h.update("\n".join(_requirements(root)).encode())
+        h.update(" ".join(OPS_PACKAGES).encode())
         for src, name in _ops_sources(root):
             if src.is_dir():
                 _hash_tree(h, src, name)
@@ -316,6 +321,11 @@ def _ops_context(root: Path, client: Any, base_tag: str, spec: ImageSpec, report
     for item in spec.context.iterdir():
         shutil.copy2(item, ctx / item.name)
     shutil.copytree(_download_wheels(root, client, base_tag, report), ctx / "wheels")
+    debs = ctx / "debs"
+    debs.mkdir()
+    report.info(f"apt-get download {' '.join(OPS_PACKAGES)} (installed in the image with dpkg)")
+    _stream(Cmd([which("apt-get", "apt-get is part of Debian"), "download", *OPS_PACKAGES], cwd=debs), report,
+            "apt-get download")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for src, name in _ops_sources(root):
         dest = ctx / "src" / name

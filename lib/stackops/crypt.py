@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from stackops.errors import BackupCorrupt, CommandFailed, IdentityError
+from stackops.errors import BackupCorrupt, CommandFailed, IdentityError, StorageFull
 from stackops.proc import Cmd, run, which
 
 INSTALL = "apt-get install -y age"
@@ -35,6 +35,9 @@ def decrypt(src: Path, dst: Path, identity: Path, what: str) -> None:
         run(Cmd([_age(), "--decrypt", "--identity", str(identity), "--output", str(dst), str(src)]))
     except CommandFailed as exc:
         dst.unlink(missing_ok=True)
+        if "no space left on device" in exc.stderr.lower():
+            raise StorageFull(f"the filesystem of {dst.parent} is full while decrypting {what}: what was being "
+                              "written was removed; free space and try again") from None
         if "no identity matched" in exc.stderr:
             raise IdentityError(f"{what} is encrypted for other recipients than the identity {identity}: "
                                 "give the matching identity file (stackops.offsite.identity_file or --identity)"
@@ -50,6 +53,18 @@ def recipient_of(identity: Path) -> str | None:
         return None
     lines = proc.stdout.decode().split()
     return lines[0] if lines else None
+
+
+def exposed(identity: Path) -> str:
+    """A warning when the identity file can be read by other users than its owner ("" otherwise)."""
+    try:
+        mode = identity.stat().st_mode
+    except OSError:
+        return ""
+    if mode & 0o077 == 0:
+        return ""
+    return (f"the age identity {identity} can be read by other users (mode {mode & 0o777:o}): anyone who can read "
+            f"it can open every encrypted backup; `chmod 600 {identity}` (or keep it off this host)")
 
 
 def check_identity(identity: Path | None, recipients: Sequence[str], what: str) -> Path:

@@ -25,7 +25,7 @@ from stackops.errors import StackopsError
 from stackops.integrity import check_integrity
 from stackops.migrate.files import discover
 from stackops.migrate.history import compute_status, history_exists, read_history
-from stackops.offsite import newest_age_hours
+from stackops.offsite import display, newest_age_hours
 from stackops.report import Check, Reporter
 from stackops.runtime.base import Runtime
 from stackops.updatejournal import journal_check
@@ -172,8 +172,8 @@ def _offsite(settings: Settings, now: datetime, max_age_hours: float) -> Check:
     except StackopsError as exc:
         return Check(name, False, f"the remote cannot be listed: {exc}", "check stackops.offsite and the remote")
     if age is None:
-        return Check(name, False, f"no complete set on {settings.offsite.remote}", hint)
-    return Check(name, age <= max_age_hours, f"{age:.1f} h old on {settings.offsite.remote} "
+        return Check(name, False, f"no complete set on {display(settings)}", hint)
+    return Check(name, age <= max_age_hours, f"{age:.1f} h old on {display(settings)} "
                  f"(policy {max_age_hours:g} h)", hint)
 
 

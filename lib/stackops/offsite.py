@@ -19,9 +19,11 @@ into the backups folder: a flipped byte anywhere is refused and nothing local ch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -32,20 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from stackops import backupset, crypt
-from stackops.backupset import MANIFEST, TMP_PREFIX, BackupSet
+from stackops.backupset import KINDS, MANIFEST, TMP_PREFIX, BackupSet
 from stackops.config import Retention, Settings
 from stackops.errors import (
     BackupCorrupt,
     BackupNotFound,
     CommandFailed,
     OffsiteError,
+    StorageFull,
     last_line,
 )
 from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
 from stackops.lock import env_lock
 from stackops.proc import Cmd, run, spawn, which
 from stackops.report import Plan, Reporter, human_bytes
-from stackops.retention import BackupRecord, Decision, plan
+from stackops.retention import BackupRecord, Copies, Decision, plan
 
 FORMAT = "stackops-offsite/1"
 INDEX = "offsite.json"
@@ -111,10 +114,101 @@ def parse_index(data: bytes, where: str) -> dict[str, Any]:
         raise BackupCorrupt(f"{where} was not written by stackops (format {FORMAT} expected)")
     if seal_index(index)["index_sha256"] != index.get("index_sha256"):
         raise BackupCorrupt(f"{where} was modified after the push (its checksum does not match): refusing it")
+    problem = _malformed(index)
+    if problem:
+        raise BackupCorrupt(f"{where} is malformed ({problem}): refusing it")
     return index
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _plain(name: object) -> bool:
+    return isinstance(name, str) and "/" not in name and "\\" not in name and "\0" not in name \
+        and name not in ("", ".", "..") and not name.startswith(".")
+
+
+def _malformed(index: dict[str, Any]) -> str:
+    """What is wrong with an index's fields ("" when nothing). Its checksum proves no accident, not that
+    whoever can write the remote re-sealed it with sense: every name a pull writes to must be a plain
+    file name inside the set (never ``../``, never a path), every size and checksum well formed."""
+    if not _plain(index.get("id")):
+        return f"id {index.get('id')!r} is not a plain name"
+    if index.get("kind") not in KINDS:
+        return f"kind {index.get('kind')!r} is not one of {', '.join(KINDS)}"
+    try:
+        started = datetime.fromisoformat(str(index.get("started_at")))
+    except ValueError:
+        return f"started_at {index.get('started_at')!r} is not a time"
+    if started.tzinfo is None:
+        return "started_at has no time zone"
+    if not isinstance(index.get("recipients"), list) or not all(isinstance(r, str) for r in index["recipients"]):
+        return "recipients is not a list of public keys"
+    if not _SHA256.match(str(index.get("manifest_sha256", ""))):
+        return "manifest_sha256 is not a sha256"
+    files = index.get("files")
+    if not isinstance(files, dict) or not files:
+        return "files is not a mapping of file names"
+    sources: set[str] = set()
+    for name, entry in files.items():
+        if not _plain(name) or name == INDEX:
+            return f"file name {name!r} is not a plain name inside the set"
+        if not isinstance(entry, dict) or not _plain(entry.get("source")) or entry.get("source") == INDEX:
+            return f"the source of {name!r} is not a plain name inside the set"
+        if entry["source"] in sources:
+            return f"two files claim to hold {entry['source']!r}"
+        sources.add(entry["source"])
+        if not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) or entry["size"] < 0 \
+                or not _SHA256.match(str(entry.get("sha256", ""))):
+            return f"the entry of {name!r} lacks a size or a sha256"
+    if MANIFEST not in sources:
+        return f"no file holds the set's {MANIFEST}"
+    return ""
+
+
 # ----- rclone --------------------------------------------------------------------------------------
+ENV_REMOTE = "stackopsoffsite"  # the name a connection string's remote gets in rclone's environment
+
+
+def connection(remote: str) -> tuple[str, dict[str, str]]:
+    """An rclone remote as (what goes in argv, environment). A connection string
+    (``:sftp,host=h,pass=...:``) carries its parameters, credentials included, so it never goes in argv
+    (any user can read another's argv in /proc): it becomes a remote defined in rclone's environment
+    (``RCLONE_CONFIG_<NAME>_<KEY>``) and argv names only that. A named remote (``offsite:``) is passed as
+    is: its credentials live in rclone.conf. Values may be quoted as rclone allows ("a,b" or 'a,b')."""
+    if not remote.startswith(":"):
+        return remote, {}
+    body = remote[1:-1]
+    params: list[str] = []
+    current, quote, i = "", "", 0
+    while i < len(body):
+        ch = body[i]
+        if quote:
+            if ch == quote and body[i + 1:i + 2] == quote:  # a doubled quote stands for itself
+                current += ch
+                i += 1
+            elif ch == quote:
+                quote = ""
+            else:
+                current += ch
+        elif ch in "\"'" and current.endswith("="):
+            quote = ch
+        elif ch == ",":
+            params.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    params.append(current)
+    backend, options = params[0], params[1:]
+    prefix = f"RCLONE_CONFIG_{ENV_REMOTE.upper()}_"
+    env = {f"{prefix}TYPE": backend}
+    for option in options:
+        key, _, value = option.partition("=")
+        env[prefix + key.strip().upper().replace("-", "_")] = value if _ else "true"
+    return f"{ENV_REMOTE}:", env
+
+
 class Remote:
     """One environment's folder on the configured rclone remote."""
 
@@ -124,8 +218,9 @@ class Remote:
             raise OffsiteError("no offsite remote is configured: set stackops.offsite.remote (an rclone remote, "
                                "e.g. INVOKE_STACKOPS_OFFSITE_REMOTE=offsite:) and see the README's offsite section")
         self.settings = settings
-        self.base = f"{o.remote}{o.path.rstrip('/')}/{settings.env.name}"
-        self.display = f"{o.remote.split(',')[0].rstrip(':')}:{o.path.rstrip('/')}/{settings.env.name}"
+        name, self.env = connection(o.remote)
+        self.base = f"{name}{o.path.rstrip('/')}/{settings.env.name}"
+        self.display = display(settings)
 
     def url(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
@@ -135,7 +230,7 @@ class Remote:
         if self.settings.offsite.rclone_config is not None:
             argv += ["--config", str(self.settings.offsite.rclone_config)]
         # one low-level retry each: a transfer that fails is reported, never silently half-done
-        return Cmd([*argv, "--retries", "1", "--low-level-retries", "3", *args])
+        return Cmd([*argv, "--retries", "1", "--low-level-retries", "3", *args], env=self.env)
 
     def run(self, *args: str, what: str) -> bytes:
         try:
@@ -174,6 +269,12 @@ class Remote:
         proc = run(self.cmd("purge", self.url(*parts)), check=False)
         if proc.returncode not in (0, 3):
             raise OffsiteError(f"cannot remove {'/'.join(parts)} from {self.display}: {last_line(proc.stderr)}")
+
+
+def display(settings: Settings) -> str:
+    """The remote as messages show it: the backend or remote name and the folder, never a parameter."""
+    o = settings.offsite
+    return f"{o.remote.split(',')[0].rstrip(':')}:{o.path.rstrip('/')}/{settings.env.name}"
 
 
 def remote_sets(settings: Settings, remote: Remote | None = None) -> tuple[list[RemoteSet], list[str]]:
@@ -236,19 +337,38 @@ def _stage(backup: BackupSet, staging: Path, recipients: Sequence[str]) -> dict[
     return files
 
 
+def _already(settings: Settings, r: Remote, backup: BackupSet) -> bool:
+    """True when ``backup`` is complete on the remote; OffsiteError when the remote holds a complete set
+    of the same id that is another set (another host's, or a hand-made one): never overwritten, never
+    taken for this one's copy."""
+    for s in remote_sets(settings, r)[0]:
+        if s.id == backup.id:
+            if not _same(s, backup):
+                raise OffsiteError(f"{r.display} already holds a complete set named {backup.id} that is not this "
+                                   "one (another manifest: another host pushing to the same folder?); it was not "
+                                   "touched and this set is not offsite: give each host its own "
+                                   "stackops.offsite.path")
+            return True
+    return False
+
+
 def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote | None = None) -> PushResult:
     """Copy one complete local set to the remote: staged (encrypted when recipients are configured),
     uploaded under ``.tmp-<id>/``, read back and checked, renamed, then its index written last."""
     r = remote or Remote(settings)
     started = time.monotonic()
     backup = backupset.find_backup(settings, ref)
-    done, _ = remote_sets(settings, r)
     recipients = settings.offsite.recipients
-    if any(s.id == backup.id for s in done):
+    if _already(settings, r, backup):
         report.info(f"{backup.id} is already complete on {r.display}")
         return PushResult(backup.id, False, bool(recipients), 0, 0.0)
     folder = settings.env.backups_dir
     with env_lock(folder, f"push of {backup.id}"), _staging(folder / f"{PUSH_STAGING}{backup.id}") as staging:
+        # again under the lock: another push may have completed this set since the listing above, and
+        # the purge below must never remove a complete remote copy
+        if _already(settings, r, backup):
+            report.info(f"{backup.id} is already complete on {r.display}")
+            return PushResult(backup.id, False, bool(recipients), 0, 0.0)
         backupset.check_files(backup, report)
         report.step(f"staging {backup.id} for {r.display}" + (f" (age, {len(recipients)} recipient(s))"
                                                                if recipients else " (not encrypted)"))
@@ -287,8 +407,8 @@ def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote |
 def push_missing(settings: Settings, *, report: Reporter) -> list[PushResult]:
     """Push every complete local set that is not complete on the remote, oldest first."""
     r = Remote(settings)
-    done = {s.id for s in remote_sets(settings, r)[0]}
     local = sorted(backupset.list_backups(settings), key=lambda b: b.started_at)
+    done = {s.id for s in remote_sets(settings, r)[0] if any(b.id == s.id and _same(s, b) for b in local)}
     return [push_set(settings, b.id, report=report, remote=r) for b in local if b.id not in done]
 
 
@@ -308,6 +428,58 @@ def find_remote(settings: Settings, ref: str, remote: Remote | None = None) -> R
                          f"`invoke backup.list --env {settings.env.name}`")
 
 
+NO_SPACE = ("no space left on device", "file too big for remaining disk space")  # rclone's words for ENOSPC
+
+
+def _full(folder: Path, rs: RemoteSet) -> StorageFull:
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return StorageFull(f"the backups folder's filesystem is full ({folder}, {human_bytes(free)} free) while pulling "
+                       f"{rs.id} ({human_bytes(rs.size)}): what was downloaded was removed, nothing else was touched; "
+                       "free space (`invoke backup.prune`) and pull again")
+
+
+def _pull_into(r: Remote, rs: RemoteSet, staging: Path, final: Path, ident: Path | None,
+               report: Reporter) -> None:
+    """Download, check, decrypt and open ``rs`` in ``staging``, then rename it to ``final``."""
+    what = f"remote copy of {rs.id}"
+    if final.exists():
+        raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
+    download = private_dir(staging / "download")
+    report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
+    wanted = staging / "files"  # only what the index names: nothing else on the remote lands here
+    wanted.write_text("".join(f"{name}\n" for name in rs.index["files"]))
+    r.run("copy", "--files-from-raw", str(wanted), "--no-traverse", r.url(rs.id), str(download),
+          what=f"downloading {rs.id}")
+    for name, entry in rs.index["files"].items():
+        path = download / name
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != entry["size"] \
+                or sha256_file(path) != entry["sha256"]:
+            raise BackupCorrupt(f"{what}: {name} does not match the size and sha256 recorded when it was pushed "
+                                "(the remote copy is damaged); nothing local was touched")
+    report.info(f"checked {len(rs.index['files'])} downloaded files: sizes and sha256 match the index")
+    out = private_dir(staging / rs.id)
+    for name, entry in rs.index["files"].items():
+        target = out / str(entry["source"])  # a plain name (parse_index): never outside ``out``
+        if ident is not None:
+            crypt.decrypt(download / name, target, ident, f"{what} ({name})")
+            os.chmod(target, 0o600)
+        else:
+            os.replace(download / name, target)
+    if sha256_file(out / MANIFEST) != rs.index["manifest_sha256"]:
+        raise BackupCorrupt(f"{what}: its manifest differs from the one pushed; nothing local was touched")
+    pulled = backupset.open_set(out)
+    extra = sorted(set(os.listdir(out)) - {*pulled.manifest["files"], MANIFEST})
+    if extra:
+        raise BackupCorrupt(f"{what}: its index holds files its manifest does not name ({', '.join(extra)[:200]}): "
+                            "the remote copy was altered; nothing local was touched")
+    backupset.check_files(pulled, report)
+    if rs.index.get("verification"):
+        backupset.write_verification(out, rs.index["verification"])
+    fsync_dir(out)
+    os.rename(out, final)
+    fsync_dir(final.parent)
+
+
 def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None) -> PullResult:
     """Bring one set back from the remote into the backups folder, checked (index, every file's sha256,
     decryption, the set's own manifest and checksums) before it appears there."""
@@ -321,37 +493,21 @@ def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path |
     what = f"remote copy of {rs.id}"
     ident = crypt.check_identity(identity or settings.offsite.identity_file, rs.index["recipients"], what) \
         if rs.encrypted else None
+    if ident is not None and (warning := crypt.exposed(ident)):
+        report.warn(warning)
     folder = private_dir(settings.env.backups_dir)
     final = folder / rs.id
-    with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
-        if final.exists():
-            raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
-        download = private_dir(staging / "download")
-        report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
-        r.run("copy", "--exclude", f"/{INDEX}", r.url(rs.id), str(download), what=f"downloading {rs.id}")
-        for name, entry in rs.index["files"].items():
-            path = download / name
-            if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
-                raise BackupCorrupt(f"{what}: {name} does not match the size and sha256 recorded when it was pushed "
-                                    "(the remote copy is damaged); nothing local was touched")
-        report.info(f"checked {len(rs.index['files'])} downloaded files: sizes and sha256 match the index")
-        out = private_dir(staging / rs.id)
-        for name, entry in rs.index["files"].items():
-            target = out / str(entry["source"])
-            if ident is not None:
-                crypt.decrypt(download / name, target, ident, f"{what} ({name})")
-                os.chmod(target, 0o600)
-            else:
-                os.replace(download / name, target)
-        if sha256_file(out / MANIFEST) != rs.index["manifest_sha256"]:
-            raise BackupCorrupt(f"{what}: its manifest differs from the one pushed; nothing local was touched")
-        pulled = backupset.open_set(out)
-        backupset.check_files(pulled, report)
-        if rs.index.get("verification"):
-            backupset.write_verification(out, rs.index["verification"])
-        fsync_dir(out)
-        os.rename(out, final)
-        fsync_dir(folder)
+    try:
+        with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
+            _pull_into(r, rs, staging, final, ident, report)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise _full(folder, rs) from None
+    except (OffsiteError, BackupCorrupt, StorageFull) as exc:
+        if not isinstance(exc, StorageFull) and not any(m in str(exc).lower() for m in NO_SPACE):
+            raise
+        raise _full(folder, rs) from None
     seconds = round(time.monotonic() - started, 2)
     report.info(f"{rs.id} pulled into {final} in {seconds}s")
     return PullResult(rs.id, True, rs.encrypted, rs.size, seconds)
@@ -370,6 +526,31 @@ def remote_only(settings: Settings, ref: str) -> RemoteSet | None:
         return find_remote(settings, ref)
     except BackupNotFound:
         return None
+
+
+def _same(rs: RemoteSet, local: BackupSet) -> bool:
+    """The local set is the one this remote copy was pushed from (same sealed manifest)."""
+    return sha256_file(local.path / MANIFEST) == str(rs.index["manifest_sha256"])
+
+
+def copies(settings: Settings) -> Copies:
+    """The local sets whose copy on the remote is complete and is the same set: its index seals, names
+    the same manifest, and every file it lists is on the remote with the recorded size. A remote that
+    cannot be read counts as holding nothing (``unknown`` says why): local prune then keeps what it
+    cannot prove is offsite."""
+    try:
+        r = Remote(settings)
+        sets, _ = remote_sets(settings, r)
+        proc = run(r.cmd("lsjson", "-R", "--files-only", r.base), check=False)
+        if proc.returncode not in (0, 3):
+            raise OffsiteError(f"cannot list {r.display}: {last_line(proc.stderr)}")
+        sizes = {str(e.get("Path")): e.get("Size") for e in json.loads(proc.stdout or b"[]") if isinstance(e, dict)}
+    except (OffsiteError, ValueError) as exc:
+        return Copies(frozenset(), str(exc) or type(exc).__name__)
+    local = {b.id: b for b in backupset.list_backups(settings)}
+    ids = {rs.id for rs in sets if rs.id in local and _same(rs, local[rs.id])
+           and all(sizes.get(f"{rs.id}/{name}") == entry["size"] for name, entry in rs.index["files"].items())}
+    return Copies(frozenset(ids))
 
 
 # ----- remote retention ----------------------------------------------------------------------------
@@ -395,7 +576,9 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
         decisions = plan(_records(sets), now or datetime.now(UTC), policy)
     except ValueError as exc:
         raise OffsiteError(f"cannot apply remote retention: {exc}") from exc
-    local = {b.id for b in backupset.list_backups(settings)}
+    by_id = {b.id: b for b in backupset.list_backups(settings)}
+    # a local set counts as the second copy only when it is intact and the very set that was pushed
+    local = {s.id for s in sets if s.id in by_id and _same(s, by_id[s.id])}
     out: list[Decision] = []
     doomed: set[str] = set()
     warnings: list[str] = []
@@ -413,7 +596,8 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
              [f"delete {d.backup.id} from the remote: {'; '.join(d.reasons)}" for d in out if d.backup.id in doomed],
              [f"offsite backup {i}" for i in sorted(doomed)], warnings,
              nothing_to_do="" if doomed else "nothing to delete on the remote: every set keeps a slot or is an "
-                                             "only copy")
+                                             "only copy",
+             always_confirm=bool(warnings))
     return p, out, doomed
 
 

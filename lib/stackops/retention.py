@@ -33,7 +33,7 @@ and for every backup:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -234,31 +234,81 @@ def decide(settings: Settings, now: datetime | None = None) -> list[Decision]:
         raise BackupError(f"cannot apply retention in {settings.env.backups_dir}: {exc}") from exc
 
 
-def prune_plan(settings: Settings, now: datetime | None = None) -> tuple[Plan, list[Decision]]:
-    """The plan the cli confirms: which backups would be deleted, and why."""
-    decisions = decide(settings, now)
-    doomed = [d for d in decisions if not d.keep]
+@dataclass(frozen=True)
+class Copies:
+    """Which local sets have a second, complete copy elsewhere (the offsite remote), as the caller could
+    tell: ``ids`` complete and matching remotely; ``unknown`` says why the remote could not be read (then
+    ``ids`` is empty and every set counts as having no other copy)."""
+
+    ids: frozenset[str]
+    unknown: str = ""
+
+
+ONLY_COPY = "never pushed offsite: this is its only copy"
+
+
+def guarded(decisions: list[Decision], copies: Copies | None,
+            include_unpushed: bool) -> tuple[list[Decision], list[Decision], list[str]]:
+    """Retention's decisions with the only-copy rule applied: when an offsite remote is configured
+    (``copies`` given), an obsolete set that was never pushed is kept unless ``include_unpushed``, and
+    then the plan warns about each one. Returns (decisions, the ones deleted, warnings)."""
+    if copies is None:
+        return decisions, [d for d in decisions if not d.keep], []
+    out: list[Decision] = []
+    doomed: list[Decision] = []
+    warnings: list[str] = []
+    if copies.unknown:
+        warnings.append(f"the offsite remote could not be read ({copies.unknown}): no set counts as pushed")
+    for d in decisions:
+        if not d.keep and d.backup.id not in copies.ids:
+            if not include_unpushed:
+                d = Decision(d.backup, True, (*d.reasons, f"but it was {ONLY_COPY}: kept; push it "
+                                              "(`invoke backup.push --all-missing`) or pass --include-unpushed"),
+                             d.covers)
+            else:
+                d = Decision(d.backup, False, (*d.reasons, ONLY_COPY), d.covers)
+                warnings.append(f"{d.backup.id} was {ONLY_COPY}: deleting it deletes its last copy")
+        if not d.keep:
+            doomed.append(d)
+        out.append(d)
+    return out, doomed, warnings
+
+
+def prune_plan(settings: Settings, now: datetime | None = None, *, copies: Callable[[], Copies] | None = None,
+               include_unpushed: bool = False) -> tuple[Plan, list[Decision]]:
+    """The plan the cli confirms: which backups would be deleted, and why. ``copies`` (given when an
+    offsite remote is configured) tells which sets are complete remotely; see ``guarded``."""
+    decisions, doomed, warnings = guarded(decide(settings, now), copies() if copies else None,
+                                          include_unpushed)
     env = settings.env
-    p = Plan(f"deleting {_plural(len(doomed), 'backup')} of {env.name} by retention", env.name, env.protected,
+    only = [d for d in doomed if ONLY_COPY in d.reasons]
+    p = Plan(f"deleting {_plural(len(doomed), 'backup')} of {env.name} by retention"
+             + (f", {len(only)} of them never pushed offsite (their only copy)" if only else ""),
+             env.name, env.protected,
              [f"delete {d.backup.id} ({d.backup.kind}, covers {'+'.join(d.covers)}): {'; '.join(d.reasons)}"
               for d in doomed],
-             [f"backup {d.backup.id}" for d in doomed],
-             nothing_to_do="" if doomed else "nothing to delete: every backup keeps a retention slot")
+             [f"backup {d.backup.id}" for d in doomed], warnings,
+             nothing_to_do="" if doomed else "nothing to delete: every backup keeps a retention slot"
+                                             + (" or has no copy offsite" if copies else ""),
+             always_confirm=bool(only))
     return p, decisions
 
 
 def prune(settings: Settings, *, report: Reporter, dry_run: bool = False, now: datetime | None = None,
-          confirmed: set[str] | None = None) -> list[Decision]:
+          confirmed: set[str] | None = None, copies: Callable[[], Copies] | None = None,
+          include_unpushed: bool = False) -> list[Decision]:
     """Decide for every complete backup, then (unless ``dry_run``) delete the obsolete ones. The
-    decision is taken again under the lock; with ``confirmed`` (the ids of a confirmed plan) only
-    those that are still obsolete are deleted, never one the plan did not show."""
+    decision is taken again under the lock (the offsite copies read again too); with ``confirmed``
+    (the ids of a confirmed plan) only those that are still obsolete are deleted, never one the plan
+    did not show."""
     folder = settings.env.backups_dir
     if not folder.is_dir():
         return []
     with env_lock(folder, "prune"):
-        decisions = decide(settings, now)
+        decisions, doomed, _ = guarded(decide(settings, now), copies() if copies else None,
+                                       include_unpushed)
         sets = {b.id: b for b in backupset.list_backups(settings)}
-        doomed = [d for d in decisions if not d.keep and (confirmed is None or d.backup.id in confirmed)]
+        doomed = [d for d in doomed if confirmed is None or d.backup.id in confirmed]
         total, freed, started = sum(sets[d.backup.id].size for d in doomed), 0, time.monotonic()
         for d in doomed:
             if dry_run:

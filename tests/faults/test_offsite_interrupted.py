@@ -49,8 +49,8 @@ def test_kill_9_mid_transfer_leaves_no_complete_remote_set(fresh: Fresh, sftp: S
     s = replace(fresh.settings, offsite=Offsite(remote=sftp.remote, path=str(sftp.folder)))
     backup = create_backup(s, fresh.runtime, kind="full", report=NullReporter())
     env = {**cli_env(s), **sftp.env(), "RCLONE_BWLIMIT": "1M"}  # slow enough to be caught mid-transfer
-    push = subprocess.Popen([sys.executable, "-m", "invoke", "backup.push", backup.id, "--env", "test"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    push = subprocess.Popen([sys.executable, "-m", "invoke", "backup.push", "--backup", backup.id, "--env", "test"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 60
     while (pid := rclone_uploading(push.pid)) is None:

@@ -4,6 +4,7 @@ Capabilities are imported inside the task bodies, to keep `invoke --list` fast (
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from invoke import Collection, task
@@ -82,9 +83,14 @@ def _where(s: Any) -> tuple[dict[str, str], list[Any]]:
     """Where each set lives (local, remote, both) and the remote-only sets; local only without a remote."""
     if not s.offsite.enabled:
         return {}, []
+    from stackops.errors import OffsiteError
     from stackops.offsite import locations
 
-    return locations(s)
+    try:
+        return locations(s)
+    except OffsiteError as exc:  # the local sets are what a restore needs in an outage: list them anyway
+        print(f"warning: {exc}; `where` shows the local backups folder only", file=sys.stderr)
+        return {}, []
 
 
 def _age_s(b: Any) -> int:
@@ -160,19 +166,32 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
         raise VerifyFailed(f"verification failed for {', '.join(failed)}")
 
 
-@task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP, "yes": YES_HELP, "json": JSON_HELP})
+@task(help={"env": ENV_HELP, "dry_run": DRY_RUN_HELP, "yes": YES_HELP, "json": JSON_HELP,
+            "include_unpushed": "with an offsite remote configured, also delete obsolete sets that were never "
+                                "pushed (their only copy; the plan lists each and always asks)"})
 @guarded
-def prune(c, env=None, dry_run=False, yes=False, json=False):
-    """Apply retention (30 daily, 52 weekly from invoke.yaml): keep or delete each backup, with reasons."""
+def prune(c, env=None, dry_run=False, yes=False, json=False, include_unpushed=False):
+    """Apply retention (30 daily, 52 weekly from invoke.yaml): keep or delete each backup, with reasons.
+    With an offsite remote, a set never pushed there is kept unless --include-unpushed."""
     from stackops.retention import prune as do_prune
     from stackops.retention import prune_plan
 
     s = settings(c, env)
-    plan, decisions = prune_plan(s)
+    copies = None
+    if s.offsite.enabled:
+        from stackops.offsite import copies as offsite_copies
+
+        def copies():  # read when planning and again under the prune's lock
+            return offsite_copies(s)
+    plan, decisions = prune_plan(s, copies=copies, include_unpushed=include_unpushed)
+    if dry_run or yes or not (plan.protected or plan.always_confirm):  # otherwise confirm shows the plan
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     if not dry_run and not plan.nothing_to_do:
         confirm(plan, yes)
         report = reporter(json)
-        decisions = do_prune(s, report=report, confirmed={d.backup.id for d in decisions if not d.keep})
+        decisions = do_prune(s, report=report, confirmed={d.backup.id for d in decisions if not d.keep},
+                             copies=copies, include_unpushed=include_unpushed)
         report.summary("prune")
     if json:
         print_json([{"id": d.backup.id, "kind": d.backup.kind, "covers": list(d.covers), "keep": d.keep,

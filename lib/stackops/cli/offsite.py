@@ -23,7 +23,9 @@ from stackops.cli import (
 from stackops.errors import UsageError
 
 
-@task(positional=["backup"], help={"backup": "backup id or `latest` (default with no --all-missing: latest)",
+# BACKUP is a flag, not a positional: invoke requires every positional argument, and the backup
+# service's `backup.push --all-missing` names none
+@task(help={"backup": "backup id or `latest` (default with no --all-missing: latest)",
             "all_missing": "push every complete local set that is not complete on the remote",
             "env": ENV_HELP, "json": JSON_HELP})
 @guarded

@@ -1,0 +1,192 @@
+"""A hostile operator, remote or machine against the offsite copies: a re-sealed remote index naming a
+path outside the set, credentials in a connection string, an identity file others can read, a disk
+that fills during a pull, two pushes at once, a remote that is down while the backups are listed.
+Real rclone (local-path remote, or sshd on loopback), real age; the sets are sealed sets with real
+files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from stackops import offsite
+from stackops.config import Offsite, Settings
+from stackops.errors import BackupCorrupt, LockBusy, OffsiteError, StorageFull
+from stackops.lock import env_lock
+from stackops.report import NullReporter
+from tests.conftest import ROOT, make_settings
+from tests.faults.backup_helpers import one_line, tmpfs
+from tests.faults.conftest import wait_for
+from tests.offsite_support import Sftp, age_key, fake_set, offsite_env, sftp_fixture  # noqa: F401
+
+BACKUP = "db_20261130T000000Z"
+
+
+def _settings(backups: Path, remote: str, remote_path: Path, **kw: object) -> Settings:
+    s = make_settings("test", backups_dir=str(backups), runtime="local", state_dir=str(backups.parent / "stack"))
+    return replace(s, offsite=Offsite(remote=remote, path=str(remote_path), **kw))  # type: ignore[arg-type]
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args, "--env", "test"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def _pushed(tmp_path: Path, payload: bytes = b"", **kw: object) -> tuple[Settings, Path]:
+    """A set pushed to a local-path remote from a host that then lost it; settings of the host that pulls."""
+    src = tmp_path / "src"
+    fake_set(src, BACKUP, datetime.now(UTC) - timedelta(hours=1), payload=payload)
+    offsite.push_set(_settings(src, ":local:", tmp_path / "nas", **kw), BACKUP, report=NullReporter())
+    shutil.rmtree(src)
+    return _settings(tmp_path / "backups", ":local:", tmp_path / "nas", **kw), tmp_path / "nas" / "test" / BACKUP
+
+
+def _local(s: Settings) -> list[str]:
+    return sorted(os.listdir(s.env.backups_dir)) if s.env.backups_dir.exists() else []
+
+
+def test_a_resealed_remote_index_naming_a_path_outside_the_set_is_refused(tmp_path: Path) -> None:
+    s, remote = _pushed(tmp_path)
+    index = json.loads((remote / "offsite.json").read_text())
+    index["files"]["database.dump.zst"]["source"] = "../../../escaped"  # would land in tmp_path
+    (remote / "offsite.json").write_text(json.dumps(offsite.seal_index(index)))
+    refused = _cli(offsite_env(s.env.backups_dir, tmp_path / "stack", ":local:", tmp_path / "nas"),
+                   "backup.pull", BACKUP)
+    line = one_line(refused, BackupCorrupt.exit_code)
+    assert "damaged index" in line
+    with pytest.raises(BackupCorrupt, match="not a plain name inside the set"):
+        offsite.parse_index((remote / "offsite.json").read_bytes(), "offsite.json")
+    assert not (tmp_path / "escaped").exists()
+    assert [p for p in _local(s) if p != ".lock"] == []
+    assert offsite.remote_sets(s) == ([], [BACKUP])  # never listed as a complete set
+
+
+def test_a_connection_strings_credentials_never_reach_argv_output_or_the_index(tmp_path: Path, sftp: Sftp) -> None:
+    obscured = subprocess.run(["rclone", "obscure", "hunter2-offsite-password"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    remote = sftp.remote[:-1] + f",pass={obscured}:"
+    # every rclone stackops starts writes its argv here first (then it is the real rclone)
+    bin_dir, argv_log = tmp_path / "bin", tmp_path / "rclone-argv.log"
+    bin_dir.mkdir()
+    real = shutil.which("rclone")
+    (bin_dir / "rclone").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real} "$@"\n')
+    (bin_dir / "rclone").chmod(0o755)
+    src = tmp_path / "backups"
+    fake_set(src, BACKUP, datetime.now(UTC) - timedelta(hours=1))
+    env = {**offsite_env(src, tmp_path / "stack", remote, sftp.folder), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    pushed = _cli(env, "backup.push", "--backup", BACKUP)
+    assert pushed.returncode == 0, pushed.stderr
+    listed = _cli(env, "backup.list")
+    assert listed.returncode == 0 and "both" in listed.stdout
+    down = _cli({**env, "INVOKE_STACKOPS_OFFSITE_REMOTE": remote.replace(f"port={sftp.port}", "port=1")},
+                "backup.push", "--backup", BACKUP)
+    one_line(down, OffsiteError.exit_code)
+    seen = [argv_log.read_text(), pushed.stdout, pushed.stderr, listed.stdout, listed.stderr, down.stderr,
+            *(p.read_text(errors="replace") for p in (sftp.folder / "test" / BACKUP).iterdir())]
+    assert argv_log.read_text().count("\n") >= 4  # rclone did run, through the wrapper
+    for text in seen:
+        assert obscured not in text and "hunter2" not in text and "key_file" not in text
+
+
+def test_a_world_readable_identity_is_warned_about_and_still_opens_the_set(tmp_path: Path) -> None:
+    key = age_key(tmp_path)
+    s, _ = _pushed(tmp_path, recipients=(key.recipient,))
+    os.chmod(key.identity, 0o644)
+    env = offsite_env(s.env.backups_dir, tmp_path / "stack", ":local:", tmp_path / "nas",
+                      identity_file=str(key.identity))
+    pulled = _cli(env, "backup.pull", BACKUP)
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"the age identity {key.identity} can be read by other users (mode 644)" in pulled.stderr
+    assert f"chmod 600 {key.identity}" in pulled.stderr
+    assert BACKUP in _local(s)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_disk_full_during_a_pull_keeps_nothing_and_says_so(tmp_path: Path, encrypted: bool) -> None:
+    key = age_key(tmp_path)
+    kw = {"recipients": (key.recipient,)} if encrypted else {}
+    # plain: the download itself does not fit; encrypted: the download fits, its decryption does not
+    s, _ = _pushed(tmp_path, payload=os.urandom((1200 if encrypted else 3000) << 10), **kw)
+    env = offsite_env(s.env.backups_dir, tmp_path / "stack", ":local:", tmp_path / "nas",
+                      identity_file=str(key.identity))
+    with tmpfs(s.env.backups_dir, "2m"):
+        full = _cli(env, "backup.pull", BACKUP)
+        line = one_line(full, StorageFull.exit_code)
+        assert "filesystem is full" in line and "nothing else was touched" in line
+        assert _local(s) == [".lock"]  # the partial download and staging are gone
+    pulled = _cli(env, "backup.pull", BACKUP)  # room again: the same pull works
+    assert pulled.returncode == 0, pulled.stderr
+
+
+def test_two_pushes_at_once_one_is_refused_and_the_remote_is_untouched(tmp_path: Path) -> None:
+    src = tmp_path / "backups"
+    fake_set(src, BACKUP, datetime.now(UTC) - timedelta(hours=1))
+    env = offsite_env(src, tmp_path / "stack", ":local:", tmp_path / "nas")
+    with env_lock(src, "push of another set (pid of a test)"):
+        busy = _cli(env, "backup.push", "--backup", BACKUP)
+        one_line(busy, LockBusy.exit_code)
+        assert not (tmp_path / "nas" / "test").exists() or not os.listdir(tmp_path / "nas" / "test")
+    again = _cli(env, "backup.push", "--all-missing")
+    assert again.returncode == 0, again.stderr
+    assert [r.id for r in offsite.remote_sets(_settings(src, ":local:", tmp_path / "nas"))[0]] == [BACKUP]
+
+
+def test_backup_list_still_lists_the_local_sets_when_the_remote_is_down(tmp_path: Path) -> None:
+    src = tmp_path / "backups"
+    fake_set(src, BACKUP, datetime.now(UTC) - timedelta(hours=1))
+    env = offsite_env(src, tmp_path / "stack", ":sftp,host=127.0.0.1,port=1,user=nobody:", tmp_path / "nas")
+    listed = _cli(env, "backup.list")  # nothing listens on port 1: the remote is down
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[2:] if line.strip()] == [BACKUP]
+    warnings = [line for line in listed.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "local backups folder only" in warnings[0]
+
+
+def test_the_sftp_server_going_down_mid_push_leaves_no_complete_set_and_the_next_push_completes(
+        tmp_path: Path, sftp: Sftp) -> None:
+    src = tmp_path / "backups"
+    fake_set(src, BACKUP, datetime.now(UTC) - timedelta(hours=1), payload=os.urandom(6 << 20))
+    s = _settings(src, sftp.remote, sftp.folder)
+    env = {**offsite_env(src, tmp_path / "stack", sftp.remote, sftp.folder), "RCLONE_BWLIMIT": "1M"}
+    push = subprocess.Popen([sys.executable, "-m", "invoke", "backup.push", "--backup", BACKUP, "--env", "test"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    upload = sftp.folder / "test" / f".tmp-{BACKUP}"
+    wait_for(lambda: push.poll() is None and upload.is_dir()
+             and sum(p.stat().st_size for p in upload.iterdir()) > 0)  # some bytes are on the remote
+    sftp.stop()  # the server dies with the transfer open
+    _, err = push.communicate(timeout=120)
+    assert push.returncode == OffsiteError.exit_code and err.strip().splitlines()[-1].startswith("stackops: "), err
+    assert "Traceback" not in err
+    listed = _cli(env, "backup.list")  # the remote down: the local set is still listed
+    assert listed.returncode == 0 and listed.stdout.count(BACKUP) == 1, listed.stderr
+    assert not (sftp.folder / "test" / BACKUP).exists()  # nothing under the set's own name
+
+    sftp.start()
+    assert offsite.remote_sets(s) == ([], [])  # the upload folder is never listed as a set
+    again = _cli({k: v for k, v in env.items() if k != "RCLONE_BWLIMIT"}, "backup.push", "--all-missing")
+    assert again.returncode == 0, again.stderr
+    assert [r.id for r in offsite.remote_sets(s)[0]] == [BACKUP]
+    assert sorted(os.listdir(sftp.folder / "test")) == [BACKUP]  # the stale upload is gone
+
+
+def test_another_hosts_set_of_the_same_id_on_the_remote_is_never_overwritten_nor_taken_for_this_one(
+        tmp_path: Path) -> None:
+    started = datetime.now(UTC) - timedelta(hours=1)
+    fake_set(tmp_path / "host-a", BACKUP, started)
+    offsite.push_set(_settings(tmp_path / "host-a", ":local:", tmp_path / "nas"), BACKUP, report=NullReporter())
+    index = (tmp_path / "nas" / "test" / BACKUP / "offsite.json").read_bytes()
+    fake_set(tmp_path / "backups", BACKUP, started)  # host b: same name, other bytes, same remote folder
+    env = offsite_env(tmp_path / "backups", tmp_path / "stack", ":local:", tmp_path / "nas")
+    for args in (("--backup", BACKUP), ("--all-missing",)):
+        refused = _cli(env, "backup.push", *args)
+        line = one_line(refused, OffsiteError.exit_code)
+        assert "is not this one" in line and "this set is not offsite" in line
+    assert (tmp_path / "nas" / "test" / BACKUP / "offsite.json").read_bytes() == index  # host a's copy intact
