@@ -37,7 +37,7 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = (
     "postgresql-15", "postgresql-client-15", "redis-server", "python3", "python3-venv",
-    "zstd", "gzip", "procps",
+    "zstd", "gzip", "procps", "pgbackrest",
 )
 # Trimmed from the rootfs before import: package caches, docs, translations, the Debian default cluster.
 ROOTFS_PRUNE = (
