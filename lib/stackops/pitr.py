@@ -206,6 +206,7 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
                              "unix_socket_directories": str(SOCKET_DIR)})
         rt.stop_postgres(report)
         rt.start_postgres(report)
+        pg.reload_config(rt)  # archive_timeout holds from now on (see pg.reload_config)
         report.step(f"creating stanza {repo.stanza} and checking that WAL reaches the repository")
         repo.run("stanza-create", what="pgbackrest stanza-create", timeout=300)
         repo.run("check", what="pgbackrest check (WAL archiving)", timeout=300)

@@ -192,6 +192,15 @@ class Live:
         data = json.loads(self.pgbackrest("info", what="pgbackrest info", output="json") or "[]")
         return parse_info(self.stanza, data, f"volume {self.repo_volume} ({REPO_MOUNT}/repo)")
 
+    def shell(self, script: str, *args: str) -> str:
+        """``script`` (a constant) as postgres beside the data: in the database container when it runs,
+        else in a helper container; its stdout (best effort: cleanup and listing only)."""
+        self.c.reload()
+        if self.c.status == "running":
+            out = run(self.exec_cmd(["bash", "-c", script, "stackops-pitr", *args]), check=False).stdout
+            return out.decode(errors="replace")
+        return self.helper(script, *args)
+
     def helper(self, script: str, *args: str, timeout: float = 600) -> str:
         """Run ``script`` (a constant; arguments are positional) in a throwaway container of the database's
         image with the data volume at PGDATA, as postgres, without network."""
@@ -238,6 +247,7 @@ def _restart(rt: ComposeRuntime, live: Live, report: Reporter) -> None:
     report.step("restarting the database container")
     live.c.restart(timeout=60)
     rt.wait_healthy(report, timeout=300)
+    pg.reload_config(rt)  # archive_timeout holds from now on, not only after the first checkpoint_timeout
 
 
 def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInfo:
@@ -288,15 +298,14 @@ def _side_containers(rt: ComposeRuntime) -> list[Any]:
 
 def clean_leftovers(settings: Settings, runtime: Runtime, report: Reporter) -> None:
     """Side containers and side folders of restores that never reached the swap (killed, failed)."""
-    live = Live(settings, runtime)
+    live = Live(settings, runtime, running=False)
     for c in _side_containers(live.rt):
         report.warn(f"removing {c.name}, left by an interrupted point-in-time restore")
         c.remove(force=True)
     if _journal(settings) is not None:
         return  # a swap is pending: its side folder is the restored cluster
-    out = run(live.exec_cmd(["bash", "-c", 'shopt -s nullglob; for d in "$1"/side-* "$1"/failed-*; do '
-                             'echo "${d##*/}"; rm -rf "$d"; done', "clean", live.work]), check=False)
-    for name in out.stdout.decode(errors="replace").split():
+    out = live.shell('shopt -s nullglob; for d in "$1"/side-*; do echo "${d##*/}"; rm -rf "$d"; done', live.work)
+    for name in out.split():
         report.warn(f"removed {WORK}/{name}, left by an interrupted point-in-time restore")
 
 
@@ -466,6 +475,7 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter | None) -> st
                 live = Live(settings, runtime, running=False)
                 _swap(live, state, report or NullReporter())
                 runtime.wait_healthy(report or NullReporter(), timeout=300)
+                pg.reload_config(runtime)
                 _clear_journal(settings)
                 done = "finished" if state["phase"] == "swapping" else "rolled back"
                 message = (f"an interrupted point-in-time restore was {done}: the previous cluster is kept in "
@@ -517,6 +527,7 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
             raise PitrError(f"the restored cluster did not start ({_log_tail(live.c)}); the previous cluster is "
                             f"back and serving, the restored one is in {WORK}/{state['failed']}") from None
         _clear_journal(settings)
+        pg.reload_config(live.rt)
         live = Live(settings, runtime)
         report.step("taking a new full pgBackRest backup of the new timeline")
         live.pgbackrest("backup", what="pgbackrest backup after the restore", type="full")
@@ -527,9 +538,7 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
 
 def kept_clusters(settings: Settings, runtime: Runtime) -> list[str]:
     live = Live(settings, runtime)
-    out = run(live.exec_cmd(["bash", "-c", 'shopt -s nullglob; for d in "$1"/kept-*; do echo "${d##*/}"; done',
-                             "list", live.work]), check=False)
-    return sorted(out.stdout.decode(errors="replace").split())
+    return sorted(live.shell('shopt -s nullglob; for d in "$1"/kept-*; do echo "${d##*/}"; done', live.work).split())
 
 
 # ----- the image -----------------------------------------------------------------------------------
