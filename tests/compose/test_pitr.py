@@ -176,3 +176,23 @@ def test_measured_rpo_after_a_crash_on_compose_is_within_archive_timeout(pitr_pr
           f"{recovered[1]} rows recovered); restore from the repository volume to the end of the archive: "
           f"{seconds:.1f}s")
     assert 0 <= rpo <= ARCHIVE_TIMEOUT + 5 <= 60
+
+
+def test_pitr_image_adds_pgbackrest_to_the_configured_postgres_image(rt: ComposeRuntime) -> None:
+    tag = "stackops-it/postgres-pitr:test"  # a harness name, removed afterwards
+    base = rt.config()["services"]["database"]["image"]  # the stand-in here; postgres:15 where a registry answers
+    try:
+        built = cli("pitr.image", "--env", rt.env.name, "--tag", tag, check=False)
+        assert built.returncode == 0, built.stdout + built.stderr
+        assert f"POSTGRES_IMAGE={tag}" in built.stdout
+        version = rt.client.containers.run(tag, ["pgbackrest", "version"], remove=True, network_mode="none")
+        assert version.decode().startswith("pgBackRest 2.")
+        image = rt.client.images.get(tag)
+        assert image.attrs["Config"]["Entrypoint"] == rt.client.images.get(base).attrs["Config"]["Entrypoint"]
+        again = cli("pitr.image", "--env", rt.env.name, "--base", tag, "--tag", tag, check=False)
+        assert again.returncode == 22 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    finally:
+        try:
+            rt.client.images.remove(tag, force=True)
+        except Exception:  # never built
+            pass
