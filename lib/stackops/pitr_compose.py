@@ -93,7 +93,8 @@ mark() { printf '%s\n%s\n%s\n' "$away" "$in" "$1" > "$m.tmp"; sync "$m.tmp"; mv 
 if [ -e "$m" ]; then
   away=$(sed -n 1p "$m"); in=$(sed -n 2p "$m"); phase=$(sed -n 3p "$m")
 else
-  [ -d "$w/$in" ] || { echo "nothing to swap in: $w/$in does not exist" >&2; exit 3; }
+  # no marker and nothing to bring in: this swap already finished (a killed stackops's helper went on)
+  [ -d "$w/$in" ] || { echo "stackops: $w/$in was already swapped in" >&2; exit 0; }
   phase=1; mark 1
 fi
 mkdir -p -m 0700 "$w/$away"
@@ -205,8 +206,13 @@ class Live:
         """Run ``script`` (a constant; arguments are positional) in a throwaway container of the database's
         image with the data volume at PGDATA, as postgres, without network."""
         client = self.rt.client
+        name = f"{self.rt.project}-pitr-helper"  # one name: two helpers never run at once
+        for old in client.containers.list(all=True, filters={"name": name}):
+            if old.name == name:  # a killed stackops's helper: the daemon ran it on; let it finish
+                old.wait(timeout=timeout)
+                old.remove(force=True)
         c = client.containers.run(self.image, entrypoint=["bash", "-c", script, "stackops-pitr", *args],
-                                  user="postgres", network_mode="none", detach=True,
+                                  name=name, user="postgres", network_mode="none", detach=True,
                                   labels={SIDE_LABEL: self.rt.project},
                                   volumes={self.data_volume: {"bind": self.pgdata, "mode": "rw"}})
         try:
@@ -300,6 +306,8 @@ def clean_leftovers(settings: Settings, runtime: Runtime, report: Reporter) -> N
     """Side containers and side folders of restores that never reached the swap (killed, failed)."""
     live = Live(settings, runtime, running=False)
     for c in _side_containers(live.rt):
+        if c.name == f"{live.rt.project}-pitr-helper":
+            continue  # a swap's helper finishes on its own (Live.helper waits for it)
         report.warn(f"removing {c.name}, left by an interrupted point-in-time restore")
         c.remove(force=True)
     if _journal(settings) is not None:
@@ -472,6 +480,8 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter | None) -> st
                 message = (f"{settings.env.backups_dir / JOURNAL} is damaged: look at {WORK}/ in the data volume "
                            "by hand")
             else:
+                if runtime.containers().get(DATABASE) is None:  # removed (`down`) since: recreate, not start
+                    runtime.compose("create", DATABASE)
                 live = Live(settings, runtime, running=False)
                 _swap(live, state, report or NullReporter())
                 runtime.wait_healthy(report or NullReporter(), timeout=300)
