@@ -452,7 +452,7 @@ def _clear_journal(settings: Settings) -> None:
 def _swap(live: Live, state: dict[str, str], report: Reporter) -> None:
     """Stop the live database, run the swap the journal describes (resumable), start the database."""
     live.c.reload()
-    if live.c.status == "running":
+    if live.c.status in ("running", "restarting"):  # restarting: someone started the half-swapped volume
         report.step("stopping the live database")
         live.c.stop(timeout=60)
     if state["phase"] == "swapping":
