@@ -179,7 +179,7 @@ def test_measured_rpo_after_a_crash_on_compose_is_within_archive_timeout(pitr_pr
 
 
 def test_pitr_image_adds_pgbackrest_to_the_configured_postgres_image(rt: ComposeRuntime) -> None:
-    tag = "stackops-it/postgres-pitr:test"  # a harness name, removed afterwards
+    tag = f"{rt.project}/postgres-pitr:test"  # the harness project's own name, removed afterwards
     base = rt.config()["services"]["database"]["image"]  # the stand-in here; postgres:15 where a registry answers
     try:
         built = cli("pitr.image", "--env", rt.env.name, "--tag", tag, check=False)
