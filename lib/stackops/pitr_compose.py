@@ -28,6 +28,17 @@ point is finished by the next stackops command (``stackops.cli.runtime`` reads t
 restored cluster was already checked and the swap confirmed, so it rolls forward), then the database is
 started. If the restored cluster does not start after the swap, the same script moves it aside
 (``.pitr/failed-<time>``) and puts the kept cluster back.
+
+What a ``kill -9`` of stackops leaves, step by step:
+
+- restoring / replaying / checking in the side container: the live cluster serving, untouched; a side
+  container and ``.pitr/side-<time>`` (the next ``pitr.*`` command removes both);
+- after the journal, before or while the live container stops: the live cluster stopped or serving,
+  whole; the next stackops command stops it, swaps, starts the restored one (the swap was confirmed);
+- inside the swap helper: the helper container is not stackops' child, so the daemon runs it to its end
+  (the next command waits for it, then finds nothing left to do); if it dies too, the marker and
+  ``global/`` decide: the root never starts as a mix, and the next command finishes the renames;
+- after the swap, before the new full backup: the restored cluster serving; take ``pitr.backup --type full``.
 """
 
 from __future__ import annotations
