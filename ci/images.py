@@ -37,7 +37,7 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = (
     "postgresql-15", "postgresql-client-15", "redis-server", "python3", "python3-venv",
-    "zstd", "gzip", "procps",
+    "zstd", "gzip", "procps", "pgbackrest",
 )
 # Debian packages of the ops image beyond the base: the prod backup service's offsite push (rclone) and
 # its encryption (age). Fetched on the host with `apt-get download` (containers have no network) and

@@ -347,6 +347,14 @@ def alter_system(runtime: Runtime, values: dict[str, str]) -> None:
             conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
 
 
+def reload_config(runtime: Runtime) -> None:
+    """``pg_reload_conf()``: every server process re-reads its settings and wakes up. After a start,
+    PostgreSQL 15's checkpointer sleeps a whole checkpoint_timeout before it first looks at
+    archive_timeout (it computed its sleep while the startup process ran); this wakes it."""
+    with admin(runtime) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def in_recovery(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     return bool(row and row[0])

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from stackops import pg
 from stackops.config import Settings
@@ -89,8 +90,8 @@ class Repo:
     def __init__(self, settings: Settings, runtime: Runtime) -> None:
         if not isinstance(runtime, LocalRuntime):
             raise RuntimeRefused(
-                f"point-in-time recovery runs on the local runtime only for now; {settings.env.name} uses the "
-                f"{runtime.kind} runtime (pgBackRest in the postgres image is not built yet): use logical backups"
+                f"point-in-time recovery needs the local or compose runtime; {settings.env.name} uses the "
+                f"{runtime.kind} runtime (a managed database has its own PITR): use logical backups"
             )
         self.settings = settings
         self.rt = runtime
@@ -111,8 +112,7 @@ class Repo:
             out = run(self.cmd(*args, options={**(opts or {}), **options}), timeout=timeout).stdout
             return out.decode(errors="replace")
         except CommandFailed as exc:
-            lines = [ln for ln in (exc.stderr + "\n").splitlines() if "ERROR" in ln] or [str(exc)]
-            raise PitrError(f"{what} failed: {lines[-1].strip()}") from None
+            raise pgbackrest_error(exc, what) from None
 
     @property
     def enabled(self) -> bool:
@@ -154,20 +154,32 @@ class Repo:
             raise PitrError(f"point-in-time recovery is not enabled for {self.stanza}: run "
                             f"`invoke pitr.enable --env {self.stanza}`")
         data = json.loads(self.run("info", what="pgbackrest info", output="json") or "[]")
-        stanza = next((s for s in data if s.get("name") == self.stanza), None)
-        if stanza is None:
-            raise PitrError(f"pgBackRest has no stanza {self.stanza} in {self.repo}: run `invoke pitr.enable`")
-        backups = [PitrBackup(
-            label=b["label"], type=b["type"],
-            started_at=datetime.fromtimestamp(b["timestamp"]["start"], UTC),
-            stopped_at=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
-            size=int(b["info"]["size"]), repo_size=int(b["info"]["repository"]["delta"]),
-            wal_start=b["archive"]["start"], wal_stop=b["archive"]["stop"],
-        ) for b in stanza.get("backup", [])]
-        archives = stanza.get("archive", [])
-        return PitrInfo(self.stanza, stanza.get("status", {}).get("message", "?"), backups,
-                        min((a["min"] for a in archives if a.get("min")), default=None),
-                        max((a["max"] for a in archives if a.get("max")), default=None), str(self.repo))
+        return parse_info(self.stanza, data, str(self.repo))
+
+
+def parse_info(stanza_name: str, data: list[dict[str, Any]], repo: str) -> PitrInfo:
+    """pgBackRest's ``info --output=json`` for one stanza (the same on every runtime)."""
+    stanza = next((s for s in data if s.get("name") == stanza_name), None)
+    if stanza is None:
+        raise PitrError(f"pgBackRest has no stanza {stanza_name} in {repo}: run `invoke pitr.enable "
+                        f"--env {stanza_name}`")
+    backups = [PitrBackup(
+        label=b["label"], type=b["type"],
+        started_at=datetime.fromtimestamp(b["timestamp"]["start"], UTC),
+        stopped_at=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
+        size=int(b["info"]["size"]), repo_size=int(b["info"]["repository"]["delta"]),
+        wal_start=b["archive"]["start"], wal_stop=b["archive"]["stop"],
+    ) for b in stanza.get("backup", [])]
+    archives = stanza.get("archive", [])
+    return PitrInfo(stanza_name, stanza.get("status", {}).get("message", "?"), backups,
+                    min((a["min"] for a in archives if a.get("min")), default=None),
+                    max((a["max"] for a in archives if a.get("max")), default=None), repo)
+
+
+def pgbackrest_error(exc: CommandFailed, what: str) -> PitrError:
+    """pgBackRest's last ERROR line as one PitrError."""
+    lines = [ln for ln in (exc.stderr + "\n").splitlines() if "ERROR" in ln] or [str(exc)]
+    return PitrError(f"{what} failed: {lines[-1].strip()}")
 
 
 # ----- enable / backup / info ----------------------------------------------------------------------
@@ -194,6 +206,7 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
                              "unix_socket_directories": str(SOCKET_DIR)})
         rt.stop_postgres(report)
         rt.start_postgres(report)
+        pg.reload_config(rt)  # archive_timeout holds from now on (see pg.reload_config)
         report.step(f"creating stanza {repo.stanza} and checking that WAL reaches the repository")
         repo.run("stanza-create", what="pgbackrest stanza-create", timeout=300)
         repo.run("check", what="pgbackrest check (WAL archiving)", timeout=300)
@@ -257,14 +270,10 @@ def clean_leftovers(rt: LocalRuntime, report: Reporter) -> None:
         shutil.rmtree(side, ignore_errors=True)
 
 
-def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) -> Plan:
-    """What ``restore`` will do, after every check that can run first (stanza, backups, window)."""
-    repo = Repo(settings, runtime)
-    found = repo.info()
-    env = settings.env
-    where = "the end of the archived WAL" if target is None else target.isoformat()
+def check_target(found: PitrInfo, target: datetime | None, env_name: str) -> None:
+    """The target lies in the recoverable window (or is None: the end of the archive)."""
     if not found.backups:
-        raise PitrError(f"no pgBackRest backup of {env.name} yet: take one with `invoke pitr.backup`")
+        raise PitrError(f"no pgBackRest backup of {env_name} yet: take one with `invoke pitr.backup --env {env_name}`")
     if target is not None:
         earliest = found.earliest
         assert earliest is not None
@@ -274,6 +283,15 @@ def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) 
                             "use a logical backup (`invoke restore`) for older data")
         if target > datetime.now(UTC):
             raise PitrError(f"--to {target.isoformat()} is in the future")
+
+
+def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) -> Plan:
+    """What ``restore`` will do, after every check that can run first (stanza, backups, window)."""
+    repo = Repo(settings, runtime)
+    found = repo.info()
+    env = settings.env
+    where = "the end of the archived WAL" if target is None else target.isoformat()
+    check_target(found, target, env.name)
     return Plan(
         f"point-in-time restore of {env.name} to {where}", env.name, env.protected,
         ["archive the live cluster's current WAL (pgbackrest check)",

@@ -129,3 +129,18 @@ def test_pg_cmd_keeps_the_password_out_of_argv_fake_container(monkeypatch: pytes
     i = cmd.argv.index("PGPASSWORD")
     assert cmd.argv[i - 1] == "-e" and cmd.argv[-3:] == ["c0ffee", "pg_dump", "--format=custom"]
     assert cmd.argv[1:3] == ["exec", "-i"]
+
+
+def test_the_pgbackrest_repository_volume_is_prods_alone_and_the_images_can_carry_pgbackrest() -> None:
+    from stackops.pitr_compose import REPO_MOUNT
+
+    prod = load("docker-compose.prod.yml")
+    assert "pgbackrest_prod_repo" in prod["volumes"]
+    assert f"pgbackrest_prod_repo:{REPO_MOUNT}" in prod["services"]["database"]["volumes"]
+    for name in ("docker-compose.yml", "docker-compose.override.yml", "docker-compose.test.yml"):
+        text = (COMPOSE / name).read_text()
+        assert "pgbackrest" not in text and REPO_MOUNT not in text, name  # PITR is prod only by default
+    assert "pgbackrest" in images.BASE_PACKAGES  # the offline stand-in: baked in, containers have no network
+    dockerfile = (COMPOSE / "images" / "postgres-pitr" / "Dockerfile").read_text()
+    assert "FROM ${POSTGRES_IMAGE}" in dockerfile
+    assert "apt-get install -y --no-install-recommends pgbackrest" in dockerfile

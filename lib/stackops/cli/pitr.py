@@ -23,6 +23,18 @@ from stackops.cli import (
 )
 
 
+def _impl(rt: Any) -> Any:
+    """The PITR capability of the environment's runtime: compose (pgBackRest in the database container, its
+    repository in a volume) or the local one (stackops.pitr; it refuses the external runtime)."""
+    if rt.kind == "compose":
+        from stackops import pitr_compose
+
+        return pitr_compose
+    from stackops import pitr
+
+    return pitr
+
+
 def _show(found: Any) -> None:
     from stackops.report import human_bytes
 
@@ -41,11 +53,10 @@ def _show(found: Any) -> None:
 def enable(c, env=None):
     """Archive WAL to a pgBackRest repository (archive_timeout = the RPO), create the stanza, take the first
     full backup."""
-    from stackops.pitr import enable as do_enable
-
     s = settings(c, env)
     report = reporter()
-    _show(do_enable(s, runtime(s, report), report=report))
+    rt = runtime(s, report)
+    _show(_impl(rt).enable(s, rt, report=report))
 
 
 @task(help={"type": "full, diff or incr (default: incr; pgBackRest takes a full one when none exists)",
@@ -53,11 +64,10 @@ def enable(c, env=None):
 @guarded
 def backup(c, type="incr", env=None):
     """A pgBackRest backup (full / differential / incremental) of the whole cluster."""
-    from stackops.pitr import backup as do_backup
-
     s = settings(c, env)
     report = reporter()
-    made = do_backup(s, runtime(s, report), type, report=report)
+    rt = runtime(s, report)
+    made = _impl(rt).backup(s, rt, type, report=report)
     print(f"{made.label} ({made.type}) ended {made.stopped_at.isoformat(timespec='seconds')}")
 
 
@@ -65,10 +75,9 @@ def backup(c, type="incr", env=None):
 @guarded
 def info(c, env=None, json=False):
     """pgBackRest's backups and the recoverable window (`pgbackrest info --output=json` as a table)."""
-    from stackops.pitr import info as do_info
-
     s = settings(c, env)
-    found = do_info(s, runtime(s, None))
+    rt = runtime(s, None)
+    found = _impl(rt).info(s, rt)
     if json:
         print_json(found)
     else:
@@ -82,16 +91,16 @@ def info(c, env=None, json=False):
 def restore(c, to=None, env=None, yes=False, dry_run=False, json=False):
     """Restore the cluster as it was at --to into a new cluster beside the live one, check it, swap it in
     (the live data folder is kept aside)."""
-    from stackops.pitr import parse_target, restore_plan
-    from stackops.pitr import restore as do_restore
+    from stackops.pitr import parse_target
 
     s = settings(c, env)
     report = reporter()
     rt = runtime(s, report)
+    impl = _impl(rt)
     target = parse_target(to) if to else None
-    if not proceed(restore_plan(s, rt, target), yes=yes, dry_run=dry_run, as_json=json):
+    if not proceed(impl.restore_plan(s, rt, target), yes=yes, dry_run=dry_run, as_json=json):
         return
-    result = do_restore(s, rt, target, report=report)
+    result = impl.restore(s, rt, target, report=report)
     if json:
         print_json(result)
     else:
@@ -99,6 +108,21 @@ def restore(c, to=None, env=None, yes=False, dry_run=False, json=False):
               f"the previous data folder is kept as {result.kept_as}")
 
 
+@task(help={"base": "the image to add pgBackRest to (default: the database image the environment's compose "
+                    "files name, i.e. POSTGRES_IMAGE)",
+            "tag": "the image to build (default impactbot-v2-postgres-pitr:15)", "env": ENV_HELP})
+@guarded
+def image(c, base="", tag="", env=None):
+    """Compose: build the database image with pgBackRest (compose/images/postgres-pitr FROM POSTGRES_IMAGE)."""
+    from stackops.pitr_compose import PITR_IMAGE, build_image
+
+    s = settings(c, env)
+    report = reporter()
+    built = build_image(s, runtime(s, report), base or None, tag or PITR_IMAGE, report=report)
+    print(f"{built}: select it with POSTGRES_IMAGE={built} in compose/.env, then `invoke env.up --env {s.env.name}` "
+          f"and `invoke pitr.enable --env {s.env.name}`")
+
+
 ns = Collection("pitr")
-for t in (enable, backup, info, restore):
+for t in (enable, backup, info, restore, image):
     ns.add_task(t)
