@@ -30,7 +30,7 @@ from typing import Any
 
 from stackops import pg
 from stackops.config import Settings
-from stackops.errors import CommandFailed, PitrError, RuntimeRefused, StackopsError
+from stackops.errors import CommandFailed, LockBusy, PitrError, RuntimeRefused, StackopsError
 from stackops.files import atomic_write
 from stackops.lock import env_lock
 from stackops.proc import Cmd, run, which
@@ -339,6 +339,10 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     cluster is not touched."""
     repo = Repo(settings, runtime)
     rt = repo.rt
+    if swap_pending(settings) is not None:  # never remove the side folder a pending swap still needs
+        raise PitrError(f"an interrupted point-in-time restore's swap is pending ({SWAP_JOURNAL} in "
+                        f"{settings.env.backups_dir}); any other invoke command on {settings.env.name} "
+                        "finishes it first")
     clean_leftovers(rt, report)
     if rt.postgres_pid() is not None:
         report.step("archiving the live cluster's current WAL (pgbackrest check)")
@@ -403,22 +407,104 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
         report.step("swapping the restored cluster in")
         stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         kept = rt.pg_home / f"{KEPT_PREFIX}{stamp}"
+        # the journal first: a kill between the two renames leaves no data folder, and the next command must
+        # finish the swap (the restored cluster was checked and the swap confirmed) instead of an `env.up`
+        # initdb-ing an empty cluster in its place or a `pitr.*` removing the side folder as a leftover
+        write_swap_journal(settings, rt, side_dir, kept)
         rt.stop_postgres(report)
-        os.rename(rt.pg_data, kept)
-        os.rename(side_dir, rt.pg_data)
-        _mark_history_ready(rt)
+        _swap_in(rt, side_dir, kept)
         try:
             rt.start_postgres(report)
         except BaseException:
             report.warn("the restored cluster did not start: putting the previous data folder back")
-            os.rename(rt.pg_data, side_dir)
-            os.rename(kept, rt.pg_data)
+            write_swap_journal(settings, rt, side_dir, kept, phase="rolling-back")
+            _swap_back(rt, side_dir, kept)
             rt.start_postgres(report)
+            _clear_swap_journal(settings)
             raise
+        _clear_swap_journal(settings)
         report.step("taking a new full pgBackRest backup of the new timeline")
         repo.run("backup", what="pgbackrest backup after the restore", type="full")
     return PitrRestoreResult(target.isoformat() if target else "end of archive", label, str(kept), counts,
                              round(time.monotonic() - started, 2), side.env.ports.postgres)
+
+
+SWAP_JOURNAL = ".pitr-local-journal.json"  # in the environment's backups folder, while the data folder is swapped
+
+
+def write_swap_journal(settings: Settings, rt: LocalRuntime, side: Path, kept: Path, *,
+                       phase: str = "swapping") -> None:
+    """Record a swap about to happen (or to be undone): the data folder, the restored one and the name the
+    live one is kept under. ``recover_swap`` finishes it after a kill."""
+    record = {"phase": phase, "data": str(rt.pg_data), "side": str(side), "kept": str(kept)}
+    atomic_write(settings.env.backups_dir / SWAP_JOURNAL, json.dumps(record).encode())
+
+
+def _clear_swap_journal(settings: Settings) -> None:
+    (settings.env.backups_dir / SWAP_JOURNAL).unlink(missing_ok=True)
+
+
+def _swap_in(rt: LocalRuntime, side: Path, kept: Path) -> None:
+    """The live data folder to ``kept``, the restored one in its place; each step done at most once."""
+    if rt.pg_data.exists() and side.exists() and not kept.exists():
+        os.rename(rt.pg_data, kept)
+    if not rt.pg_data.exists() and side.exists():
+        os.rename(side, rt.pg_data)
+    _mark_history_ready(rt)
+
+
+def _swap_back(rt: LocalRuntime, side: Path, kept: Path) -> None:
+    """Undo ``_swap_in`` (the restored cluster would not start); each step done at most once."""
+    if rt.pg_data.exists() and kept.exists() and not side.exists():
+        os.rename(rt.pg_data, side)
+    if not rt.pg_data.exists() and kept.exists():
+        os.rename(kept, rt.pg_data)
+
+
+def swap_pending(settings: Settings) -> dict[str, str] | None:
+    """The local swap journal, if a killed ``pitr.restore`` left one."""
+    try:
+        found = json.loads((settings.env.backups_dir / SWAP_JOURNAL).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"phase": "damaged"}
+    return found if isinstance(found, dict) else {"phase": "damaged"}
+
+
+def recover_swap(settings: Settings, runtime: Runtime, report: Reporter) -> str | None:
+    """Finish the data-folder swap a killed local ``pitr.restore`` left: forward (the restored cluster was
+    checked and the swap confirmed) or, when it was being undone, back; then start PostgreSQL."""
+    if not isinstance(runtime, LocalRuntime) or swap_pending(settings) is None:
+        return None
+    rt = runtime
+    try:
+        with env_lock(settings.env.backups_dir, "finishing an interrupted point-in-time restore"):
+            state = swap_pending(settings)
+            if state is None:
+                return None
+            paths = {k: Path(str(state.get(k, ""))) for k in ("data", "side", "kept")}
+            ours = (paths["data"] == rt.pg_data and all(p.parent == rt.pg_home for p in paths.values())
+                    and paths["side"].name.startswith(SIDE_PREFIX) and paths["kept"].name.startswith(KEPT_PREFIX))
+            if state.get("phase") not in ("swapping", "rolling-back") or not ours:
+                raise PitrError(f"{settings.env.backups_dir / SWAP_JOURNAL} is damaged or names folders outside "
+                                f"{rt.pg_home}: look at {rt.pg_home} by hand (the live cluster may be kept as "
+                                f"{KEPT_PREFIX}<time>) and remove the journal")
+            if rt.postgres_pid():
+                rt.stop_postgres(report)
+            if state["phase"] == "swapping":
+                _swap_in(rt, paths["side"], paths["kept"])
+                message = (f"an interrupted point-in-time restore was finished: the restored cluster serves, the "
+                           f"previous one is kept as {paths['kept']}; take `invoke pitr.backup --type full`")
+            else:
+                _swap_back(rt, paths["side"], paths["kept"])
+                message = "an interrupted point-in-time restore was rolled back: the previous cluster serves"
+            rt.start_postgres(report)
+            _clear_swap_journal(settings)
+    except LockBusy:
+        return None
+    report.warn(message)
+    return message
 
 
 def _mark_history_ready(rt: LocalRuntime) -> None:

@@ -77,6 +77,11 @@ def runtime(s: Settings, report: Reporter | None) -> Any:
         from stackops.report import Reporter
 
         recover(s, rt, report or Reporter(stream=sys.stderr))
+    if (s.env.backups_dir / ".pitr-local-journal.json").exists():  # the same, local runtime (data folders)
+        from stackops.pitr import recover_swap
+        from stackops.report import Reporter
+
+        recover_swap(s, rt, report or Reporter(stream=sys.stderr))
     if (s.env.backups_dir / ".pitr-journal.json").exists():  # a point-in-time restore killed in its swap
         from stackops.pitr_compose import recover as recover_pitr
 

@@ -1,0 +1,71 @@
+"""kill -9 of a local-runtime ``pitr.restore`` in its swap (the journal written, then ``os.rename(pg_data, kept)``,
+then ``os.rename(side, pg_data)``). Between the two renames there is no data folder: the live cluster sits in
+``data_pre_pitr_<time>`` and the checked, confirmed restored one in ``pitr-side-<time>``. The operator's next
+command must finish the swap, never initdb an empty cluster in the data folder's place (what ``env.up`` does
+with a missing data folder) nor remove the restored cluster as a leftover. Found by an adversarial review."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from stackops.pitr import KEPT_PREFIX, SIDE_PREFIX, SWAP_JOURNAL, write_swap_journal
+from stackops.report import NullReporter
+from stackops.runtime.local import LocalRuntime
+from tests.conftest import cli_env, free_port, invoke_cli, make_settings
+
+pytestmark = pytest.mark.local_runtime
+
+
+def _count(rt: LocalRuntime, table: str) -> int | None:
+    with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+        try:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # test-fixed names only
+        except psycopg.errors.UndefinedTable:
+            return None
+    return None if row is None else int(row[0])
+
+
+@pytest.mark.parametrize("killed_after", ["journal", "first rename"])
+def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_empty_cluster(
+        tmp_path: Path, killed_after: str) -> None:
+    tmp_path.chmod(0o755)
+    settings = make_settings(
+        "test", runtime="local", state_dir=str(tmp_path / "state"), uploads_dir=str(tmp_path / "uploads"),
+        backups_dir=str(tmp_path / "backups"),
+        ports={"postgres": str(free_port()), "redis": str(free_port()), "backend": str(free_port())})
+    settings.env.backups_dir.mkdir(parents=True, exist_ok=True)
+    rt = LocalRuntime(settings)
+    rt.up(NullReporter())
+    try:
+        with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE precious AS SELECT g AS id FROM generate_series(1, 500) g")
+        rt.stop_postgres(NullReporter())
+        # the restored (checked) cluster beside the live one: a copy, told apart by one more table
+        stamp = "20261130120000"
+        side, kept = rt.pg_home / f"{SIDE_PREFIX}{stamp}", rt.pg_home / f"{KEPT_PREFIX}{stamp}"
+        subprocess.run(["cp", "-a", str(rt.pg_data), str(side)], check=True)  # owner and modes kept
+        rt.start_postgres(NullReporter())
+        with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE written_after_target AS SELECT 1 AS id")  # only the live cluster has it
+        rt.stop_postgres(NullReporter())
+        # what pitr.restore leaves when killed: the journal first, then (maybe) the first rename
+        write_swap_journal(settings, rt, side, kept)
+        if killed_after == "first rename":
+            rt.pg_data.rename(kept)
+
+        proc = invoke_cli("env.up", "--env", "test", env=cli_env(settings))  # the operator's next command
+
+        assert proc.returncode == 0, proc.stderr
+        assert "interrupted point-in-time restore was finished" in proc.stderr
+        assert _count(rt, "precious") == 500  # the restored cluster serves, not an empty one
+        assert _count(rt, "written_after_target") is None
+        assert (kept / "PG_VERSION").is_file() and not side.exists()  # the live one kept aside, whole
+        assert not (settings.env.backups_dir / SWAP_JOURNAL).exists()
+    finally:
+        rt.down(NullReporter())
+        shutil.rmtree(rt.pg_home, ignore_errors=True)  # the cluster lives outside tmp_path (state hash)
