@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from stackops.pitr import KEPT_PREFIX, SIDE_PREFIX, SWAP_JOURNAL, write_swap_journal
 from stackops.report import NullReporter
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.local_runtime
 def _count(rt: LocalRuntime, table: str) -> int | None:
     with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
         try:
-            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # test-fixed names only
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
         except psycopg.errors.UndefinedTable:
             return None
     return None if row is None else int(row[0])
