@@ -5,7 +5,14 @@ integration suite on the compose runtime shares it).
 Harness projects are named ``stackops-it-<env>``; their volumes are therefore
 ``stackops-it-<env>_postgres_<env>_data`` and so on, never a real environment's
 (``impactbot-v2-<env>_...``). Ports are free loopback ports picked per session, folders live under
-``.stack/compose-it/``, and prod's env file is generated there with a random password.
+``.stack/compose-it/lone/``, and prod's env file is generated there with a random password.
+
+Sessions that run at once on one engine (nox's three compose environments side by side, pytest-xdist
+workers) each take a *slot*: STACKOPS_IT_SLOT and the xdist worker's name, joined. A slot puts its
+name in every project (``stackops-it-<slot>-<env>``), work folder (``.stack/compose-it/<slot>/``) and
+image tag the harness makes, so no two sessions share a container, volume, port or folder. What
+stays engine-wide (rollback pins on the shared stand-ins, retired real-name tags) is taken under
+``engine_lock`` by the tests that assert on it.
 
 One owner per container lifecycle: pytest-docker. ``docker_compose_file``,
 ``docker_compose_project_name``, ``docker_setup`` and ``docker_cleanup`` describe the environment under
@@ -21,7 +28,9 @@ by tests/compose themselves), and a harness prod is removed with its volumes, wh
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -29,7 +38,7 @@ import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -46,13 +55,18 @@ from tests.conftest import invoke_settings
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "stackops-it"
 ENVS = ("dev", "test", "prod")
-WORK = ROOT / ".stack" / "compose-it"
 IT_ENV = os.environ.get("STACKOPS_IT_ENV", "")
+# This session's slot on the engine ("" for a lone session: the plain names above).
+SLOT = "-".join(p for p in (os.environ.get("STACKOPS_IT_SLOT", ""), os.environ.get("PYTEST_XDIST_WORKER", "")) if p)
+if SLOT and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", SLOT):
+    raise RuntimeError(f"STACKOPS_IT_SLOT={SLOT!r}: lower-case letters, digits and '-' only (a compose project name)")
+WORK = ROOT / ".stack" / "compose-it" / (SLOT or "lone")
 # The backend image of the harness projects: compose builds it from compose/backend (the guide's
 # `up -d --build` rebuilds it, identically), and the session removes it, so the suite never writes
 # impactbot-v2-backend:local or any other image it did not make.
-BACKEND_IMAGE = f"{PREFIX}/backend:local"
+BACKEND_IMAGE = f"{PREFIX}/backend:local-{SLOT}" if SLOT else f"{PREFIX}/backend:local"
 UP_TIMEOUT = 300
+LOCKS = Path(os.environ.get("STACKOPS_IT_LOCK_DIR", "/tmp"))
 
 
 def _free_port() -> int:
@@ -62,7 +76,20 @@ def _free_port() -> int:
 
 
 def project(env: str) -> str:
-    return f"{PREFIX}-{env}"
+    return f"{PREFIX}-{SLOT}-{env}" if SLOT else f"{PREFIX}-{env}"
+
+
+@contextmanager
+def engine_lock(name: str) -> Iterator[None]:
+    """Hold the engine-wide lock ``name`` (a flock shared by every slot on this machine): for tests that
+    assert on what is engine-wide, such as the rollback pins an update puts on the shared stand-ins."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    with open(LOCKS / f"{PREFIX}-engine-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def harness_environ(work: Path = WORK) -> dict[str, str]:
