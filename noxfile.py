@@ -84,8 +84,10 @@ def compose_all(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("bash", ".ci/setup-docker", external=True)
     LOGS.mkdir(parents=True, exist_ok=True)
-    base = {**os.environ, "PATH": f"{session.bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            "VIRTUAL_ENV": str(session.virtualenv.location)}
+    base = dict(os.environ)
+    if session.bin_paths:  # a session venv (not `--no-venv`, where PATH already leads to the tools)
+        base |= {"PATH": os.pathsep.join([*session.bin_paths, base.get("PATH", "")]),
+                 "VIRTUAL_ENV": str(session.virtualenv.location)}
     base.pop("STACKOPS_TEST_WORKERS", None)
     running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     for env in ENVS:
