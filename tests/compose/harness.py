@@ -10,9 +10,11 @@ Harness projects are named ``stackops-it-<env>``; their volumes are therefore
 Sessions that run at once on one engine (nox's three compose environments side by side, pytest-xdist
 workers) each take a *slot*: STACKOPS_IT_SLOT and the xdist worker's name, joined. A slot puts its
 name in every project (``stackops-it-<slot>-<env>``), work folder (``.stack/compose-it/<slot>/``) and
-image tag the harness makes, so no two sessions share a container, volume, port or folder. What
-stays engine-wide (rollback pins on the shared stand-ins, retired real-name tags) is taken under
-``engine_lock`` by the tests that assert on it.
+image: the stand-ins, the ops image and the backend run under the slot's own repositories
+(``stackops-it-<slot>/postgres:15``, ... tags of the same images, removed at the end), so the rollback
+pins an update puts on every service's image (``<repository>:stackops-rollback-<time>``) are the
+slot's own. No two sessions share a container, volume, port, folder or pin; what stays engine-wide
+(the retired real-name tags of tests/compose/test_images.py) is taken under ``engine_lock``.
 
 One owner per container lifecycle: pytest-docker. ``docker_compose_file``,
 ``docker_compose_project_name``, ``docker_setup`` and ``docker_cleanup`` describe the environment under
@@ -64,7 +66,9 @@ WORK = ROOT / ".stack" / "compose-it" / (SLOT or "lone")
 # The backend image of the harness projects: compose builds it from compose/backend (the guide's
 # `up -d --build` rebuilds it, identically), and the session removes it, so the suite never writes
 # impactbot-v2-backend:local or any other image it did not make.
-BACKEND_IMAGE = f"{PREFIX}/backend:local-{SLOT}" if SLOT else f"{PREFIX}/backend:local"
+SLOT_REPOS = f"{PREFIX}-{SLOT}/" if SLOT else ""  # the slot's own image repositories start with this
+BACKEND_IMAGE = f"{SLOT_REPOS}backend:local" if SLOT else f"{PREFIX}/backend:local"
+OPS_IMAGE = "impactbot-v2-ops:local"  # the prod backup service's image (`invoke images.build`)
 UP_TIMEOUT = 300
 LOCKS = Path(os.environ.get("STACKOPS_IT_LOCK_DIR", "/tmp"))
 
@@ -92,6 +96,15 @@ def engine_lock(name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def slot_tags() -> dict[str, tuple[str, str]]:
+    """In a slot: for each image variable, the image it names otherwise and the slot's own tag of it."""
+    if not SLOT:
+        return {}
+    sources = {name: os.environ.get(name, tag) for name, tag in standin_environ(ROOT).items()}
+    sources["OPS_IMAGE"] = os.environ.get("OPS_IMAGE", OPS_IMAGE)
+    return {name: (src, SLOT_REPOS + src.rsplit("/", 1)[-1]) for name, src in sources.items()}
+
+
 def harness_environ(work: Path = WORK) -> dict[str, str]:
     """A fresh work folder and the variables of one session: every environment on its harness project,
     ports and folders; the stand-in images (or whatever POSTGRES_IMAGE, ... already name)."""
@@ -103,6 +116,7 @@ def harness_environ(work: Path = WORK) -> dict[str, str]:
         f.write(f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}\n")
     out = {
         **{name: os.environ.get(name, tag) for name, tag in standin_environ(ROOT).items()},
+        **{name: tag for name, (_src, tag) in slot_tags().items()},
         "BACKEND_IMAGE": BACKEND_IMAGE,
         "COMPOSE_DISABLE_ENV_FILE": "1",  # a developer's compose/.env never reaches the harness
         "PROD_ENV_FILE": str(env_file),
@@ -216,15 +230,21 @@ def it_env() -> str:
 @pytest.fixture(scope="session")
 def compose_harness(it_env: str) -> Iterator[dict[str, str]]:
     """The session's variables in os.environ (so `invoke` subprocesses see them too) and its work
-    folder; at the end the harness backend image, the folder and the previous variables go."""
+    folder; at the end the harness backend image, the slot's image tags, the folder and the previous
+    variables go."""
     environ = harness_environ()
     saved = {k: os.environ.get(k) for k in environ}
     os.environ.update(environ)
+    tags = slot_tags()
     try:
+        for src, tag in tags.values():
+            subprocess.run(["docker", "tag", src, tag], check=True, capture_output=True)
         for env in ENVS:
             write_env_file(env)
         yield environ
         _remove_image(BACKEND_IMAGE)
+        for _src, tag in tags.values():
+            _remove_image(tag)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -2,11 +2,11 @@
 `:broken` -> automatic rollback, a failing migration -> database and images back, kill -9 between stop
 and start -> the rerun recovers; and check's "backend unhealthy" row. Harness projects only.
 
-Images: the backend runs ``stackops-it-backend:current`` (BACKEND_IMAGE; ``stackops-it-backend-<slot>``
+Images: the backend runs ``stackops-it-backend:current`` (BACKEND_IMAGE; ``stackops-it-<slot>/backend``
 in a harness slot), which the tests point at ``:v1`` (the stand-in backend), ``:v2`` (v1 plus a label, a
 new digest) or ``:broken`` — the moves a registry push of a new tag would make. The shared stand-in tags
-are never moved. The module holds the engine lock "pins": an update pins every service's image, the
-shared stand-ins included, and these tests assert that no pin is left.
+are never moved. In a slot every service runs the slot's own tags, so the pins these tests look for are
+the slot's own (other sessions on the engine pin theirs meanwhile).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import pytest
 
 from stackops.report import NullReporter
 from tests.compose.conftest import cli, connect, table_hashes, tree
-from tests.compose.harness import BACKEND_IMAGE, ROOT, SLOT, engine_lock
+from tests.compose.harness import BACKEND_IMAGE, ROOT, SLOT, SLOT_REPOS
 from tests.compose.harness import runtime_for as _runtime_for
 
 pytestmark = pytest.mark.compose
 
-REPO = f"stackops-it-backend-{SLOT}" if SLOT else "stackops-it-backend"
+REPO = f"{SLOT_REPOS}backend" if SLOT else "stackops-it-backend"
 CURRENT = f"{REPO}:current"
 STANDIN_BACKEND = BACKEND_IMAGE  # the harness's own build of compose/backend
 STANDIN_BROKEN = os.environ.get("STACKOPS_IT_BROKEN_IMAGE", "stackops-standin/impactbot-v2-backend:broken")
@@ -56,26 +56,26 @@ def repo_tags() -> list[str]:
 
 
 def all_pins() -> list[str]:
-    """Every rollback pin on the engine (updates pin the images of all the harness's services)."""
+    """Every rollback pin on the engine (updates pin the images of all the harness's services); in a slot,
+    every pin under the slot's repositories, which are all its services' images."""
     out = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
-    return [t for t in out.splitlines() if ":stackops-rollback-" in t]
+    return [t for t in out.splitlines() if ":stackops-rollback-" in t and t.startswith(SLOT_REPOS)]
 
 
 @pytest.fixture(scope="module")
 def images(compose_stack: str) -> Iterator[dict[str, str]]:
     """v1 (the harness's own backend build, which exists once the harness is up), v2 and broken; every
     tag of the repository is removed at the end (the images themselves stay the harness's)."""
-    with engine_lock("pins"):
-        docker("tag", STANDIN_BACKEND, f"{REPO}:v1")
-        docker("tag", STANDIN_BROKEN, f"{REPO}:broken")
-        docker("build", "-q", "-t", f"{REPO}:v2", "-", stdin=f"FROM {REPO}:v1\nLABEL stackops.it.version=2\n"
-                                                             "ENV IMPACTBOT_BACKEND_VERSION=2.0.0-it\n")
-        yield {t: image_id(f"{REPO}:{t}") for t in ("v1", "v2", "broken")}
-        point("v1")
-        cli("env.up", "--env", compose_stack)  # the harness's own BACKEND_IMAGE again, so the tags are unused
-        tags = repo_tags()
-        if tags:
-            subprocess.run(["docker", "image", "rm", *tags], check=False, capture_output=True)
+    docker("tag", STANDIN_BACKEND, f"{REPO}:v1")
+    docker("tag", STANDIN_BROKEN, f"{REPO}:broken")
+    docker("build", "-q", "-t", f"{REPO}:v2", "-", stdin=f"FROM {REPO}:v1\nLABEL stackops.it.version=2\n"
+                                                         "ENV IMPACTBOT_BACKEND_VERSION=2.0.0-it\n")
+    yield {t: image_id(f"{REPO}:{t}") for t in ("v1", "v2", "broken")}
+    point("v1")
+    cli("env.up", "--env", compose_stack)  # the harness's own BACKEND_IMAGE again, so the tags are unused
+    tags = repo_tags()
+    if tags:
+        subprocess.run(["docker", "image", "rm", *tags], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="module")

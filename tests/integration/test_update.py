@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from stackops.backupset import list_backups
 from stackops.errors import CheckFailed, PredeployFailed, UpdateFailed, UpdateRefused
-from tests.conftest import IT_RUNTIME, ROOT, Fresh, cli_env, invoke_cli
+from tests.conftest import ROOT, Fresh, cli_env, invoke_cli
 from tests.integration.conftest import snapshot, write_migration
 from tests.integration.test_deploy_check import mounted
 
@@ -28,20 +27,7 @@ NOTES = ("ALTER TABLE items ADD COLUMN note text;", "ALTER TABLE items DROP COLU
 
 
 @pytest.fixture
-def pins_lock() -> Iterator[None]:
-    """On the compose runtime an update pins every service's image, the shared stand-ins included: hold
-    the engine lock that tests/compose/test_update.py holds while it asserts that no pin is left."""
-    if IT_RUNTIME != "compose":
-        yield
-        return
-    from tests.compose.harness import engine_lock
-
-    with engine_lock("pins"):
-        yield
-
-
-@pytest.fixture
-def stack(pins_lock: None, fresh: Fresh, migrations_dir: Path) -> tuple[Fresh, dict[str, str]]:
+def stack(fresh: Fresh, migrations_dir: Path) -> tuple[Fresh, dict[str, str]]:
     """An environment at migration 1 with rows and upload files, and the CLI environment pointing at it."""
     write_migration(migrations_dir, "20240101000000_items.sql", *TABLE)
     env = cli_env(fresh.settings, migrations=migrations_dir)
