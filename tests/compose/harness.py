@@ -232,10 +232,10 @@ def compose_harness(it_env: str) -> Iterator[dict[str, str]]:
     """The session's variables in os.environ (so `invoke` subprocesses see them too) and its work
     folder; at the end the harness backend image, the slot's image tags, the folder and the previous
     variables go."""
+    tags = slot_tags()  # before os.environ names the slot's tags
     environ = harness_environ()
     saved = {k: os.environ.get(k) for k in environ}
     os.environ.update(environ)
-    tags = slot_tags()
     try:
         for src, tag in tags.values():
             subprocess.run(["docker", "tag", src, tag], check=True, capture_output=True)
