@@ -245,6 +245,12 @@ def compose_harness(it_env: str) -> Iterator[dict[str, str]]:
         _remove_image(BACKEND_IMAGE)
         for _src, tag in tags.values():
             _remove_image(tag)
+        if SLOT_REPOS:  # what tests tagged under the slot's repositories and could not untag while in use
+            listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+                                    capture_output=True, text=True, check=True).stdout.split()
+            for ref in listed:
+                if ref.startswith(SLOT_REPOS):
+                    _remove_image(ref)
     finally:
         for k, v in saved.items():
             if v is None:
