@@ -48,6 +48,9 @@ ROOTFS_PRUNE = (
     "var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info",
     "usr/share/locale", "var/lib/postgresql/15", "etc/postgresql/15/main",
 )
+# What Python leaves beside sources (a test that runs a script of compose/images/ops writes __pycache__):
+# never an input of an image, neither copied into a build context nor hashed.
+BUILD_LEFTOVERS = ("__pycache__", "*.pyc")
 STANDIN = "stackops-standin"  # the repository prefix of every stand-in: never a real image's name
 LABEL_STANDIN = "stackops.standin"
 LABEL_HASH = "stackops.input-hash"
@@ -283,14 +286,19 @@ def _missing_in_image(client: Any, base_tag: str, wheels: Path) -> list[str]:
     return []
 
 
+def wheels_cache(root: Path, base_tag: str) -> Path:
+    """Where the ops image's wheels for this requirements set and base image are kept (.stack/images/)."""
+    key = hashlib.sha256(f"{base_tag}\n".encode() + "\n".join(_requirements(root)).encode()).hexdigest()[:16]
+    return root / ".stack" / "images" / f"wheels-{key}"
+
+
 def _download_wheels(root: Path, client: Any, base_tag: str, report: Reporter) -> Path:
     """The wheels of the ops image's requirements, checked by an offline resolution inside the base
     image, cached per requirements set under .stack/images/."""
     import sys
 
     reqs = _requirements(root)
-    key = hashlib.sha256(f"{base_tag}\n".encode() + "\n".join(reqs).encode()).hexdigest()[:16]
-    cache = root / ".stack" / "images" / f"wheels-{key}"
+    cache = wheels_cache(root, base_tag)
     if (cache / "requirements.txt").exists():
         report.info(f"wheels cached in {cache}")
         return cache
@@ -318,15 +326,20 @@ def _ops_context(root: Path, client: Any, base_tag: str, spec: ImageSpec, report
                  workdir: Path) -> Path:
     assert spec.context is not None
     ctx = Path(tempfile.mkdtemp(prefix="ops-context-", dir=workdir))
+    ignore = shutil.ignore_patterns(*BUILD_LEFTOVERS)
     for item in spec.context.iterdir():
-        shutil.copy2(item, ctx / item.name)
+        if ignore(str(spec.context), [item.name]):
+            continue  # a __pycache__ a test run left beside the scripts: not an input (nor in the hash)
+        if item.is_dir():
+            shutil.copytree(item, ctx / item.name, ignore=ignore)
+        else:
+            shutil.copy2(item, ctx / item.name)
     shutil.copytree(_download_wheels(root, client, base_tag, report), ctx / "wheels")
     debs = ctx / "debs"
     debs.mkdir()
     report.info(f"apt-get download {' '.join(OPS_PACKAGES)} (installed in the image with dpkg)")
     _stream(Cmd([which("apt-get", "apt-get is part of Debian"), "download", *OPS_PACKAGES], cwd=debs), report,
             "apt-get download")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for src, name in _ops_sources(root):
         dest = ctx / "src" / name
         dest.parent.mkdir(parents=True, exist_ok=True)

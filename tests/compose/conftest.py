@@ -33,7 +33,11 @@ from tests.compose.harness import IT_ENV, ROOT
 from tests.conftest import table_hashes as hashes_of
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # under xdist, one worker (one harness slot) brings the two neighbours up
+        if "all_envs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("all-envs"))
     if IT_ENV:
         return
     skip = pytest.mark.skip(reason="compose acceptance tests need STACKOPS_IT_ENV=dev|test|prod "

@@ -5,7 +5,16 @@ integration suite on the compose runtime shares it).
 Harness projects are named ``stackops-it-<env>``; their volumes are therefore
 ``stackops-it-<env>_postgres_<env>_data`` and so on, never a real environment's
 (``impactbot-v2-<env>_...``). Ports are free loopback ports picked per session, folders live under
-``.stack/compose-it/``, and prod's env file is generated there with a random password.
+``.stack/compose-it/lone/``, and prod's env file is generated there with a random password.
+
+Sessions that run at once on one engine (nox's three compose environments side by side, pytest-xdist
+workers) each take a *slot*: STACKOPS_IT_SLOT and the xdist worker's name, joined. A slot puts its
+name in every project (``stackops-it-<slot>-<env>``), work folder (``.stack/compose-it/<slot>/``) and
+image: the stand-ins, the ops image and the backend run under the slot's own repositories
+(``stackops-it-<slot>/postgres:15``, ... tags of the same images, removed at the end), so the rollback
+pins an update puts on every service's image (``<repository>:stackops-rollback-<time>``) are the
+slot's own. No two sessions share a container, volume, port, folder or pin; what stays engine-wide
+(the retired real-name tags of tests/compose/test_images.py) is taken under ``engine_lock``.
 
 One owner per container lifecycle: pytest-docker. ``docker_compose_file``,
 ``docker_compose_project_name``, ``docker_setup`` and ``docker_cleanup`` describe the environment under
@@ -21,7 +30,9 @@ by tests/compose themselves), and a harness prod is removed with its volumes, wh
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -29,7 +40,7 @@ import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -46,13 +57,20 @@ from tests.conftest import invoke_settings
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "stackops-it"
 ENVS = ("dev", "test", "prod")
-WORK = ROOT / ".stack" / "compose-it"
 IT_ENV = os.environ.get("STACKOPS_IT_ENV", "")
+# This session's slot on the engine ("" for a lone session: the plain names above).
+SLOT = "-".join(p for p in (os.environ.get("STACKOPS_IT_SLOT", ""), os.environ.get("PYTEST_XDIST_WORKER", "")) if p)
+if SLOT and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", SLOT):
+    raise RuntimeError(f"STACKOPS_IT_SLOT={SLOT!r}: lower-case letters, digits and '-' only (a compose project name)")
+WORK = ROOT / ".stack" / "compose-it" / (SLOT or "lone")
 # The backend image of the harness projects: compose builds it from compose/backend (the guide's
 # `up -d --build` rebuilds it, identically), and the session removes it, so the suite never writes
 # impactbot-v2-backend:local or any other image it did not make.
-BACKEND_IMAGE = f"{PREFIX}/backend:local"
+SLOT_REPOS = f"{PREFIX}-{SLOT}/" if SLOT else ""  # the slot's own image repositories start with this
+BACKEND_IMAGE = f"{SLOT_REPOS}backend:local" if SLOT else f"{PREFIX}/backend:local"
+OPS_IMAGE = "impactbot-v2-ops:local"  # the prod backup service's image (`invoke images.build`)
 UP_TIMEOUT = 300
+LOCKS = Path(os.environ.get("STACKOPS_IT_LOCK_DIR", "/tmp"))
 
 
 def _free_port() -> int:
@@ -62,7 +80,29 @@ def _free_port() -> int:
 
 
 def project(env: str) -> str:
-    return f"{PREFIX}-{env}"
+    return f"{PREFIX}-{SLOT}-{env}" if SLOT else f"{PREFIX}-{env}"
+
+
+@contextmanager
+def engine_lock(name: str) -> Iterator[None]:
+    """Hold the engine-wide lock ``name`` (a flock shared by every slot on this machine): for tests that
+    assert on what is engine-wide, such as the rollback pins an update puts on the shared stand-ins."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    with open(LOCKS / f"{PREFIX}-engine-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def slot_tags() -> dict[str, tuple[str, str]]:
+    """In a slot: for each image variable, the image it names otherwise and the slot's own tag of it."""
+    if not SLOT:
+        return {}
+    sources = {name: os.environ.get(name, tag) for name, tag in standin_environ(ROOT).items()}
+    sources["OPS_IMAGE"] = os.environ.get("OPS_IMAGE", OPS_IMAGE)
+    return {name: (src, SLOT_REPOS + src.rsplit("/", 1)[-1]) for name, src in sources.items()}
 
 
 def harness_environ(work: Path = WORK) -> dict[str, str]:
@@ -76,6 +116,7 @@ def harness_environ(work: Path = WORK) -> dict[str, str]:
         f.write(f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}\n")
     out = {
         **{name: os.environ.get(name, tag) for name, tag in standin_environ(ROOT).items()},
+        **{name: tag for name, (_src, tag) in slot_tags().items()},
         "BACKEND_IMAGE": BACKEND_IMAGE,
         "COMPOSE_DISABLE_ENV_FILE": "1",  # a developer's compose/.env never reaches the harness
         "PROD_ENV_FILE": str(env_file),
@@ -189,15 +230,27 @@ def it_env() -> str:
 @pytest.fixture(scope="session")
 def compose_harness(it_env: str) -> Iterator[dict[str, str]]:
     """The session's variables in os.environ (so `invoke` subprocesses see them too) and its work
-    folder; at the end the harness backend image, the folder and the previous variables go."""
+    folder; at the end the harness backend image, the slot's image tags, the folder and the previous
+    variables go."""
+    tags = slot_tags()  # before os.environ names the slot's tags
     environ = harness_environ()
     saved = {k: os.environ.get(k) for k in environ}
     os.environ.update(environ)
     try:
+        for src, tag in tags.values():
+            subprocess.run(["docker", "tag", src, tag], check=True, capture_output=True)
         for env in ENVS:
             write_env_file(env)
         yield environ
         _remove_image(BACKEND_IMAGE)
+        for _src, tag in tags.values():
+            _remove_image(tag)
+        if SLOT_REPOS:  # what tests tagged under the slot's repositories and could not untag while in use
+            listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+                                    capture_output=True, text=True, check=True).stdout.split()
+            for ref in listed:
+                if ref.startswith(SLOT_REPOS):
+                    _remove_image(ref)
     finally:
         for k, v in saved.items():
             if v is None:

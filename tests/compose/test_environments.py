@@ -22,7 +22,7 @@ from tests.compose.conftest import (
     put_marker,
     tree,
 )
-from tests.compose.harness import ENVS, PREFIX
+from tests.compose.harness import ENVS, project
 
 pytestmark = pytest.mark.compose
 
@@ -36,7 +36,7 @@ def test_dev_test_and_prod_run_at_once_each_with_the_guides_volumes(all_envs: di
             assert status[service].state == "running" and status[service].healthy is True, (env, status[service])
         volumes = rt.volumes()
         for logical in (f"postgres_{env}_data", f"redis_{env}_data"):
-            assert volumes[logical] == f"{PREFIX}-{env}_{logical}"
+            assert volumes[logical] == f"{project(env)}_{logical}"
             assert volumes[logical] not in seen, f"{env} shares {volumes[logical]} with {seen.get(volumes[logical])}"
             seen[volumes[logical]] = env
         db = rt.container("database")

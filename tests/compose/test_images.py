@@ -11,7 +11,7 @@ import pytest
 from ci import images
 from stackops.report import NullReporter
 from stackops.runtime.compose import docker_client
-from tests.compose.harness import ROOT
+from tests.compose.harness import ROOT, engine_lock
 
 pytestmark = pytest.mark.compose
 
@@ -27,14 +27,16 @@ def _tags(image_id: str) -> list[str]:
 
 @pytest.fixture
 def scratch_tags() -> Iterator[list[str]]:
-    """Tags this test puts on stand-ins, removed afterwards; a real image under either name is never touched."""
-    for tag in (OLD_NAME, LOOK_ALIKE):
-        if subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0:
-            pytest.skip(f"{tag} exists on this machine; this test only uses names that are free")
-    made: list[str] = []
-    yield made
-    for tag in made:
-        subprocess.run(["docker", "image", "rm", tag], capture_output=True, check=False)
+    """Tags this test puts on stand-ins, removed afterwards; a real image under either name is never touched.
+    Under the engine lock "tags": the same test in another harness slot uses the same names."""
+    with engine_lock("tags"):
+        for tag in (OLD_NAME, LOOK_ALIKE):
+            if subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0:
+                pytest.skip(f"{tag} exists on this machine; this test only uses names that are free")
+        made: list[str] = []
+        yield made
+        for tag in made:
+            subprocess.run(["docker", "image", "rm", tag], capture_output=True, check=False)
 
 
 def test_build_cleanup_removes_an_older_builds_real_name_and_keeps_look_alikes(scratch_tags: list[str]) -> None:

@@ -2,9 +2,11 @@
 `:broken` -> automatic rollback, a failing migration -> database and images back, kill -9 between stop
 and start -> the rerun recovers; and check's "backend unhealthy" row. Harness projects only.
 
-Images: the backend runs ``stackops-it-backend:current`` (BACKEND_IMAGE), which the tests point at
-``:v1`` (the stand-in backend), ``:v2`` (v1 plus a label, a new digest) or ``:broken`` — the moves a
-registry push of a new tag would make. The shared stand-in tags are never moved.
+Images: the backend runs ``stackops-it-backend:current`` (BACKEND_IMAGE; ``stackops-it-<slot>/backend``
+in a harness slot), which the tests point at ``:v1`` (the stand-in backend), ``:v2`` (v1 plus a label, a
+new digest) or ``:broken`` — the moves a registry push of a new tag would make. The shared stand-in tags
+are never moved. In a slot every service runs the slot's own tags, so the pins these tests look for are
+the slot's own (other sessions on the engine pin theirs meanwhile).
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import pytest
 
 from stackops.report import NullReporter
 from tests.compose.conftest import cli, connect, table_hashes, tree
-from tests.compose.harness import BACKEND_IMAGE, ROOT
+from tests.compose.harness import BACKEND_IMAGE, ROOT, SLOT, SLOT_REPOS
 from tests.compose.harness import runtime_for as _runtime_for
 
 pytestmark = pytest.mark.compose
 
-REPO = "stackops-it-backend"
+REPO = f"{SLOT_REPOS}backend" if SLOT else "stackops-it-backend"
 CURRENT = f"{REPO}:current"
 STANDIN_BACKEND = BACKEND_IMAGE  # the harness's own build of compose/backend
 STANDIN_BROKEN = os.environ.get("STACKOPS_IT_BROKEN_IMAGE", "stackops-standin/impactbot-v2-backend:broken")
@@ -54,9 +56,10 @@ def repo_tags() -> list[str]:
 
 
 def all_pins() -> list[str]:
-    """Every rollback pin on the engine (updates pin the images of all the harness's services)."""
+    """Every rollback pin on the engine (updates pin the images of all the harness's services); in a slot,
+    every pin under the slot's repositories, which are all its services' images."""
     out = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
-    return [t for t in out.splitlines() if ":stackops-rollback-" in t]
+    return [t for t in out.splitlines() if ":stackops-rollback-" in t and t.startswith(SLOT_REPOS)]
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,8 @@ def test_duplicate_side_database_is_one_line_mocked_race(fresh: Fresh, monkeypat
 @pytest.mark.parametrize("task", ["restore.db", "backup.verify"])
 def test_hostile_backup_reference_is_refused(fresh: Fresh, ref: str, task: str) -> None:
     populate(fresh)
-    target = Path("/tmp/stackops-fault-ref") if ref.startswith("/") else (ROOT / ref).resolve()
+    ref += "-" + os.environ.get("PYTEST_XDIST_WORKER", "main")  # a folder of this process's own (xdist workers)
+    target = Path(ref) if ref.startswith("/") else (ROOT / ref).resolve()
     made = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     try:

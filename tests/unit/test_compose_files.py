@@ -112,6 +112,35 @@ def test_image_plan_builds_parents_first_and_hashes_change_with_inputs(tmp_path:
     assert images.input_hash(moved, ROOT, "sha256:parent", images.DEFAULT_MIRROR) != first
 
 
+def test_ops_context_skips_a_stray_pycache_beside_the_scripts(tmp_path: Path) -> None:
+    """A test run that imported a script of compose/images/ops leaves __pycache__ there: the ops build
+    context is assembled without it (it used to fail copying the folder) and the input hash ignores it."""
+    root = tmp_path / "repo"
+    for rel in ("pyproject.toml", "tasks.py", "invoke.yaml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, root / rel)
+    shutil.copytree(ROOT / "lib" / "stackops", root / "lib" / "stackops",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "compose" / "images" / "ops", root / "compose" / "images" / "ops",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    spec = next(s for s in images.plan(root) if s.name == "ops")
+    before = images.input_hash(spec, root, "sha256:base", images.DEFAULT_MIRROR)
+    stray = root / "compose" / "images" / "ops" / "__pycache__"
+    stray.mkdir()
+    (stray / "stackops-backup-health.cpython-311.pyc").write_bytes(b"\0" * 16)
+    assert images.input_hash(spec, root, "sha256:base", images.DEFAULT_MIRROR) == before
+    # the wheels of this requirements set already downloaded: no Docker or network needed to assemble
+    wheels = images.wheels_cache(root, "base:tag")
+    wheels.mkdir(parents=True)
+    (wheels / "requirements.txt").write_text("invoke\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    ctx = images._ops_context(root, None, "base:tag", spec, NullReporter(), work)
+    names = sorted(p.name for p in ctx.iterdir())
+    assert names == sorted([*(p.name for p in spec.context.iterdir() if p.name != "__pycache__"), "src", "wheels"])
+    assert not list(ctx.rglob("__pycache__")) and (ctx / "src" / "lib" / "stackops" / "backup.py").is_file()
+
+
 def test_prod_refuses_down_with_volume_removal_before_touching_docker() -> None:
     rt = ComposeRuntime(make_settings("prod", compose_project="stackops-it-refusal"))
     with pytest.raises(ProtectedEnvironment, match="DON'T USE THIS") as err:

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -183,7 +184,8 @@ def test_every_task_has_one_line_help() -> None:
     names = [line.split()[0] for line in proc.stdout.splitlines()[2:] if line.startswith("  ") and
              not line.startswith("   ")]
     assert {"demo", "doctor", "env.up", "env.down", "env.status"} <= set(names)
-    for name in names:
-        help_proc = _invoke("--help", name)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # one `invoke --help` each, a few at a time
+        helps = dict(zip(names, pool.map(lambda name: _invoke("--help", name), names), strict=True))
+    for name, help_proc in helps.items():
         doc = help_proc.stdout.split("Docstring:")[1].strip().splitlines()[0]
         assert doc and doc != "none", name

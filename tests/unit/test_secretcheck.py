@@ -55,7 +55,9 @@ def test_weak_values_give_one_reason_without_the_value(value: str, reason: str) 
     assert weak_secrets({"POSTGRES_PASSWORD": value}, EXAMPLES) == [f"POSTGRES_PASSWORD {reason}"]
 
 
-@pytest.mark.parametrize("value", [STRONG, "0123456789abcdef", "correct horse battery staple"])
+# the random value gets a fixed id: test ids must be the same in every pytest-xdist worker
+@pytest.mark.parametrize("value", [pytest.param(STRONG, id="random-token"), "0123456789abcdef",
+                                   "correct horse battery staple"])
 def test_long_non_placeholder_values_pass(value: str) -> None:
     assert weak_secrets({"POSTGRES_PASSWORD": value}, EXAMPLES) == []
 
@@ -137,7 +139,8 @@ def test_compose_up_refuses_a_protected_environment_with_the_example_password(
     assert not (tmp_path / "uploads").exists()  # refused before touching anything
 
 
-@pytest.mark.parametrize(("env", "password"), [("prod", STRONG), ("test", "impactbot-test")])
+@pytest.mark.parametrize(("env", "password"), [pytest.param("prod", STRONG, id="prod-random-token"),
+                                               ("test", "impactbot-test")])
 def test_compose_up_goes_on_with_a_strong_secret_or_when_unprotected(
         env: str, password: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = _runtime(env, tmp_path, password, monkeypatch)
