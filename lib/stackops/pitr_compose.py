@@ -44,6 +44,7 @@ What a ``kill -9`` of stackops leaves, step by step:
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -443,13 +444,21 @@ def _checks(settings: Settings, runtime: Runtime, report: Reporter) -> list[Chec
 
 # ----- the journal and the swap --------------------------------------------------------------------
 def _journal(settings: Settings) -> dict[str, str] | None:
+    """The journal, or ``{"phase": "damaged"}`` when it is unreadable or not what ``restore`` writes: the
+    folder names go to the swap script as paths inside ``.pitr/``, so each must be exactly
+    ``<side|kept|failed>-<14 digits>`` (a hand-edited ``../..`` would move the cluster out of the volume)."""
     path = settings.env.backups_dir / JOURNAL
     try:
-        return dict(json.loads(path.read_text()))
+        state = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return {"phase": "damaged"}
+    if not isinstance(state, dict) or not all(
+            isinstance(state.get(key), str) and re.fullmatch(f"{key}-[0-9]{{14}}", state[key])
+            for key in ("side", "kept", "failed")):
+        return {"phase": "damaged"}
+    return {str(k): str(v) for k, v in state.items()}
 
 
 def _write_journal(settings: Settings, state: dict[str, str]) -> None:
