@@ -264,7 +264,7 @@ def _config_text(settings: Settings, live: Live) -> str:
 def _restart(rt: ComposeRuntime, live: Live, report: Reporter) -> None:
     report.step("restarting the database container")
     live.c.restart(timeout=60)
-    rt.wait_healthy(report, timeout=300)
+    rt.wait_healthy(report, timeout=300, services=[DATABASE])
     pg.reload_config(rt)  # archive_timeout holds from now on, not only after the first checkpoint_timeout
 
 
@@ -504,7 +504,7 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter | None) -> st
                     runtime.compose("create", DATABASE)
                 live = Live(settings, runtime, running=False)
                 _swap(live, state, report or NullReporter())
-                runtime.wait_healthy(report or NullReporter(), timeout=300)
+                runtime.wait_healthy(report or NullReporter(), timeout=300, services=[DATABASE])
                 pg.reload_config(runtime)
                 _clear_journal(settings)
                 done = "finished" if state["phase"] == "swapping" else "rolled back"
@@ -546,13 +546,13 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
         _write_journal(settings, state)
         _swap(live, state, report)
         try:
-            live.rt.wait_healthy(report, timeout=300)
+            live.rt.wait_healthy(report, timeout=300, services=[DATABASE])
         except StackopsError:
             report.warn("the restored cluster did not start: putting the previous cluster back")
             state["phase"] = "rolling-back"
             _write_journal(settings, state)
             _swap(live, state, report)
-            live.rt.wait_healthy(report, timeout=300)
+            live.rt.wait_healthy(report, timeout=300, services=[DATABASE])
             _clear_journal(settings)
             raise PitrError(f"the restored cluster did not start ({_log_tail(live.c)}); the previous cluster is "
                             f"back and serving, the restored one is in {WORK}/{state['failed']}") from None

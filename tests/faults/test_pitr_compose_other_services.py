@@ -1,0 +1,53 @@
+"""Compose PITR restarts the database alone; it must judge that restart by the database, not by the
+backend or the backup service. Before: ``pitr.enable`` with the backend absent (or unhealthy) turned
+archiving on, restarted the database, then failed "prod not healthy" before the stanza existed, so
+``archive-push`` failed for every WAL segment from then on (pg_wal grows until the disk is full); the
+same wait after a restore's swap rolled a confirmed, started restore back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PROJECT = "advpitr-faults-prod"
+WORK = ROOT / ".stack" / "faults-pitr-services"
+
+
+def _docker_ok() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    out = subprocess.run(["docker", "image", "inspect", "stackops-standin/postgres:15"], capture_output=True)
+    return out.returncode == 0
+
+
+@pytest.mark.skipif(not _docker_ok(), reason="needs Docker and the stand-in postgres image")
+def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archives() -> None:
+    from tests.compose.harness import harness_environ
+
+    env = {k: v.replace("stackops-it-", "advpitr-faults-") for k, v in harness_environ(WORK).items()}
+    env = {**os.environ, **env, "BACKEND_IMAGE": f"{PROJECT}/backend:local"}
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.conftest import invoke_settings; "
+              "from stackops.runtime.compose import ComposeRuntime; "
+              "ComposeRuntime(invoke_settings('prod')).compose(*sys.argv[2:])")
+
+    def compose(*args: str) -> None:
+        subprocess.run([sys.executable, "-c", script, str(ROOT), *args], env=env, cwd=ROOT, check=True,
+                       timeout=600)
+
+    for sub in ("uploads", "backups", "state"):
+        (WORK / "prod" / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        compose("up", "-d", "--wait", "database")  # the backend and the backup service are not running
+        proc = subprocess.run([sys.executable, "-m", "invoke", "pitr.enable", "--env", "prod"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        assert "stanza prod: ok" in proc.stdout, proc.stdout
+    finally:
+        compose("down", "--volumes", "--timeout", "10")
+        shutil.rmtree(WORK, ignore_errors=True)
