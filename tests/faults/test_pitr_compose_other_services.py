@@ -10,10 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
-
-from typing import Any
 
 from tests.conftest import ROOT
 
