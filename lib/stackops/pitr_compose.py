@@ -44,6 +44,7 @@ What a ``kill -9`` of stackops leaves, step by step:
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -263,7 +264,7 @@ def _config_text(settings: Settings, live: Live) -> str:
 def _restart(rt: ComposeRuntime, live: Live, report: Reporter) -> None:
     report.step("restarting the database container")
     live.c.restart(timeout=60)
-    rt.wait_healthy(report, timeout=300)
+    rt.wait_healthy(report, timeout=300, services=[DATABASE])
     pg.reload_config(rt)  # archive_timeout holds from now on, not only after the first checkpoint_timeout
 
 
@@ -443,13 +444,21 @@ def _checks(settings: Settings, runtime: Runtime, report: Reporter) -> list[Chec
 
 # ----- the journal and the swap --------------------------------------------------------------------
 def _journal(settings: Settings) -> dict[str, str] | None:
+    """The journal, or ``{"phase": "damaged"}`` when it is unreadable or not what ``restore`` writes: the
+    folder names go to the swap script as paths inside ``.pitr/``, so each must be exactly
+    ``<side|kept|failed>-<14 digits>`` (a hand-edited ``../..`` would move the cluster out of the volume)."""
     path = settings.env.backups_dir / JOURNAL
     try:
-        return dict(json.loads(path.read_text()))
+        state = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return {"phase": "damaged"}
+    if not isinstance(state, dict) or not all(
+            isinstance(state.get(key), str) and re.fullmatch(f"{key}-[0-9]{{14}}", state[key])
+            for key in ("side", "kept", "failed")):
+        return {"phase": "damaged"}
+    return {str(k): str(v) for k, v in state.items()}
 
 
 def _write_journal(settings: Settings, state: dict[str, str]) -> None:
@@ -495,7 +504,7 @@ def recover(settings: Settings, runtime: Runtime, report: Reporter | None) -> st
                     runtime.compose("create", DATABASE)
                 live = Live(settings, runtime, running=False)
                 _swap(live, state, report or NullReporter())
-                runtime.wait_healthy(report or NullReporter(), timeout=300)
+                runtime.wait_healthy(report or NullReporter(), timeout=300, services=[DATABASE])
                 pg.reload_config(runtime)
                 _clear_journal(settings)
                 done = "finished" if state["phase"] == "swapping" else "rolled back"
@@ -537,13 +546,13 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
         _write_journal(settings, state)
         _swap(live, state, report)
         try:
-            live.rt.wait_healthy(report, timeout=300)
+            live.rt.wait_healthy(report, timeout=300, services=[DATABASE])
         except StackopsError:
             report.warn("the restored cluster did not start: putting the previous cluster back")
             state["phase"] = "rolling-back"
             _write_journal(settings, state)
             _swap(live, state, report)
-            live.rt.wait_healthy(report, timeout=300)
+            live.rt.wait_healthy(report, timeout=300, services=[DATABASE])
             _clear_journal(settings)
             raise PitrError(f"the restored cluster did not start ({_log_tail(live.c)}); the previous cluster is "
                             f"back and serving, the restored one is in {WORK}/{state['failed']}") from None

@@ -84,6 +84,7 @@ def runtime(s: Settings, report: Reporter | None) -> Any:
         recover_swap(s, rt, report or Reporter(stream=sys.stderr))
     if (s.env.backups_dir / ".pitr-journal.json").exists():  # a point-in-time restore killed in its swap
         from stackops.pitr_compose import recover as recover_pitr
+        from stackops.report import Reporter
 
         recover_pitr(s, rt, report or Reporter(stream=sys.stderr))
     return rt

@@ -341,12 +341,14 @@ class ComposeRuntime(Runtime):
             raise
         self.wait_healthy(report, timeout=timeout)
 
-    def wait_healthy(self, report: Reporter, timeout: float = 300.0, every: float = 1.0) -> None:
+    def wait_healthy(self, report: Reporter, timeout: float = 300.0, every: float = 1.0,
+                     services: list[str] | None = None) -> None:
         """Wait until every service runs and every one that has a healthcheck is healthy (the backup
-        service too: "healthy" means all of them), looking every ``every`` seconds."""
+        service too: "healthy" means all of them), looking every ``every`` seconds. ``services``: only
+        those (PITR restarts the database alone and must not judge it by the backend's health)."""
         started = time.monotonic()
         deadline = started + timeout
-        wanted = self.services()
+        wanted = self.services() if services is None else services
         last = ""
         while True:
             containers = self.containers()
