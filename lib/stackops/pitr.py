@@ -492,14 +492,22 @@ def recover_swap(settings: Settings, runtime: Runtime, report: Reporter) -> str 
                                 f"{KEPT_PREFIX}<time>) and remove the journal")
             if rt.postgres_pid():
                 rt.stop_postgres(report)
+            message = "an interrupted point-in-time restore was rolled back: the previous cluster serves"
             if state["phase"] == "swapping":
                 _swap_in(rt, paths["side"], paths["kept"])
-                message = (f"an interrupted point-in-time restore was finished: the restored cluster serves, the "
-                           f"previous one is kept as {paths['kept']}; take `invoke pitr.backup --type full`")
+                try:
+                    rt.start_postgres(report)
+                except StackopsError:  # the restored cluster does not start: the previous one goes back
+                    report.warn("the restored cluster did not start: putting the previous data folder back")
+                    write_swap_journal(settings, rt, paths["side"], paths["kept"], phase="rolling-back")
+                    _swap_back(rt, paths["side"], paths["kept"])
+                else:
+                    message = (f"an interrupted point-in-time restore was finished: the restored cluster serves, "
+                               f"the previous one is kept as {paths['kept']}; take `invoke pitr.backup --type full`")
             else:
                 _swap_back(rt, paths["side"], paths["kept"])
-                message = "an interrupted point-in-time restore was rolled back: the previous cluster serves"
-            rt.start_postgres(report)
+            if not rt.postgres_pid():
+                rt.start_postgres(report)
             _clear_swap_journal(settings)
     except LockBusy:
         return None

@@ -70,3 +70,38 @@ def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_
     finally:
         rt.down(NullReporter())
         shutil.rmtree(rt.pg_home, ignore_errors=True)  # the cluster lives outside tmp_path (state hash)
+
+
+def test_a_killed_local_swap_whose_restored_cluster_will_not_start_is_rolled_back_by_the_next_command(
+        tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    settings = make_settings(
+        "test", runtime="local", state_dir=str(tmp_path / "state"), uploads_dir=str(tmp_path / "uploads"),
+        backups_dir=str(tmp_path / "backups"),
+        ports={"postgres": str(free_port()), "redis": str(free_port()), "backend": str(free_port())})
+    settings.env.backups_dir.mkdir(parents=True, exist_ok=True)
+    rt = LocalRuntime(settings)
+    rt.up(NullReporter())
+    try:
+        with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE precious AS SELECT g AS id FROM generate_series(1, 500) g")
+        rt.stop_postgres(NullReporter())
+        stamp = "20261130120000"
+        side, kept = rt.pg_home / f"{SIDE_PREFIX}{stamp}", rt.pg_home / f"{KEPT_PREFIX}{stamp}"
+        subprocess.run(["cp", "-a", str(rt.pg_data), str(side)], check=True)
+        (side / "global" / "pg_control").unlink()  # a restored cluster that cannot start
+        write_swap_journal(settings, rt, side, kept)
+        rt.pg_data.rename(kept)
+
+        first = invoke_cli("env.up", "--env", "test", env=cli_env(settings))
+        again = invoke_cli("env.up", "--env", "test", env=cli_env(settings))  # nothing left pending
+
+        assert first.returncode == 0, first.stderr
+        assert "rolled back" in first.stderr
+        assert _count(rt, "precious") == 500  # the previous cluster serves again, whole
+        assert not kept.exists() and side.is_dir()  # the one that failed stays beside it for a look
+        assert not (settings.env.backups_dir / SWAP_JOURNAL).exists()
+        assert again.returncode == 0, again.stderr
+    finally:
+        rt.down(NullReporter())
+        shutil.rmtree(rt.pg_home, ignore_errors=True)
