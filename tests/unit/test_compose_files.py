@@ -137,7 +137,8 @@ def test_ops_context_skips_a_stray_pycache_beside_the_scripts(tmp_path: Path) ->
     work.mkdir()
     ctx = images._ops_context(root, None, "base:tag", spec, NullReporter(), work)
     names = sorted(p.name for p in ctx.iterdir())
-    assert names == sorted([*(p.name for p in spec.context.iterdir() if p.name != "__pycache__"), "src", "wheels"])
+    scripts = [p.name for p in spec.context.iterdir() if p.name != "__pycache__"]
+    assert names == sorted([*scripts, "debs", "src", "wheels"])  # debs: rclone and age, fetched on the host
     assert not list(ctx.rglob("__pycache__")) and (ctx / "src" / "lib" / "stackops" / "backup.py").is_file()
 
 
