@@ -62,7 +62,9 @@ def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive(
 def _project() -> tuple[dict[str, str], Any]:
     from tests.compose.harness import harness_environ
 
-    env = {k: v.replace("stackops-it-", "advpitr-faults-") for k, v in harness_environ(WORK).items()}
+    # its own project names and folders; the images stay the session's (in a slot: the slot's own tags)
+    env = {k: v if k.endswith("_IMAGE") else v.replace("stackops-it-", "advpitr-faults-")
+           for k, v in harness_environ(WORK).items()}
     env = {**os.environ, **env, "BACKEND_IMAGE": f"{PROJECT}/backend:local"}
     script = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.conftest import invoke_settings; "
               "from stackops.runtime.compose import ComposeRuntime; "
