@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from stackops.config import Settings
 from stackops.pitr import KEPT_PREFIX, SIDE_PREFIX, SWAP_JOURNAL, write_swap_journal
 from stackops.report import NullReporter
 from stackops.runtime.local import LocalRuntime
@@ -31,9 +34,10 @@ def _count(rt: LocalRuntime, table: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-@pytest.mark.parametrize("killed_after", ["journal", "first rename"])
-def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_empty_cluster(
-        tmp_path: Path, killed_after: str) -> None:
+@contextmanager
+def _stopped_cluster(tmp_path: Path) -> Iterator[tuple[Settings, LocalRuntime]]:
+    """A local test cluster with 500 rows in ``precious``, stopped (as pitr.restore stops it to swap); removed
+    at the end."""
     tmp_path.chmod(0o755)
     settings = make_settings(
         "test", runtime="local", state_dir=str(tmp_path / "state"), uploads_dir=str(tmp_path / "uploads"),
@@ -46,6 +50,16 @@ def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_
         with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
             conn.execute("CREATE TABLE precious AS SELECT g AS id FROM generate_series(1, 500) g")
         rt.stop_postgres(NullReporter())
+        yield settings, rt
+    finally:
+        rt.down(NullReporter())
+        shutil.rmtree(rt.pg_home, ignore_errors=True)  # the cluster lives outside tmp_path (state hash)
+
+
+@pytest.mark.parametrize("killed_after", ["journal", "first rename"])
+def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_empty_cluster(
+        tmp_path: Path, killed_after: str) -> None:
+    with _stopped_cluster(tmp_path) as (settings, rt):
         # the restored (checked) cluster beside the live one: a copy, told apart by one more table
         stamp = "20261130120000"
         side, kept = rt.pg_home / f"{SIDE_PREFIX}{stamp}", rt.pg_home / f"{KEPT_PREFIX}{stamp}"
@@ -67,25 +81,11 @@ def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_
         assert _count(rt, "written_after_target") is None
         assert (kept / "PG_VERSION").is_file() and not side.exists()  # the live one kept aside, whole
         assert not (settings.env.backups_dir / SWAP_JOURNAL).exists()
-    finally:
-        rt.down(NullReporter())
-        shutil.rmtree(rt.pg_home, ignore_errors=True)  # the cluster lives outside tmp_path (state hash)
 
 
 def test_a_killed_local_swap_whose_restored_cluster_will_not_start_is_rolled_back_by_the_next_command(
         tmp_path: Path) -> None:
-    tmp_path.chmod(0o755)
-    settings = make_settings(
-        "test", runtime="local", state_dir=str(tmp_path / "state"), uploads_dir=str(tmp_path / "uploads"),
-        backups_dir=str(tmp_path / "backups"),
-        ports={"postgres": str(free_port()), "redis": str(free_port()), "backend": str(free_port())})
-    settings.env.backups_dir.mkdir(parents=True, exist_ok=True)
-    rt = LocalRuntime(settings)
-    rt.up(NullReporter())
-    try:
-        with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
-            conn.execute("CREATE TABLE precious AS SELECT g AS id FROM generate_series(1, 500) g")
-        rt.stop_postgres(NullReporter())
+    with _stopped_cluster(tmp_path) as (settings, rt):
         stamp = "20261130120000"
         side, kept = rt.pg_home / f"{SIDE_PREFIX}{stamp}", rt.pg_home / f"{KEPT_PREFIX}{stamp}"
         subprocess.run(["cp", "-a", str(rt.pg_data), str(side)], check=True)
@@ -102,6 +102,3 @@ def test_a_killed_local_swap_whose_restored_cluster_will_not_start_is_rolled_bac
         assert not kept.exists() and side.is_dir()  # the one that failed stays beside it for a look
         assert not (settings.env.backups_dir / SWAP_JOURNAL).exists()
         assert again.returncode == 0, again.stderr
-    finally:
-        rt.down(NullReporter())
-        shutil.rmtree(rt.pg_home, ignore_errors=True)
