@@ -116,10 +116,12 @@ def backend_digest(rt: Any) -> str:
 
 
 def state(rt: Any) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    # a volume's identity: the inode of its folder on the engine's host (a recreated volume gets a new folder).
-    # Not CreatedAt: for local volumes Docker reports the folder's ctime, which moves whenever a file is
-    # created in it (Redis writing its RDB/AOF), so it changed with no volume recreated
-    volumes = {name: str(os.stat(docker("volume", "inspect", "--format", "{{.Mountpoint}}", v).strip()).st_ino)
+    # a volume's identity: the birth time of its folder on the engine's host (a recreated volume gets a new
+    # folder; the inode number alone is reused at once). Not CreatedAt: for local volumes Docker reports the
+    # folder's ctime, which moves whenever a file is created in it (Redis writing its RDB/AOF)
+    volumes = {name: subprocess.run(["stat", "-c", "%w", docker("volume", "inspect", "--format", "{{.Mountpoint}}",
+                                                                  v).strip()],
+                                    check=True, capture_output=True, text=True).stdout.strip()
                for name, v in rt.volumes().items()}
     return table_hashes(rt), tree(rt.settings.env.uploads_dir), volumes
 
