@@ -65,8 +65,13 @@ def gather(settings: Settings, runtime: Runtime, now: datetime | None = None) ->
     newest = backupset.newest_verified(settings.env.backups_dir, moment)
     if newest is not None:
         data.newest_verified = {"id": newest.id, "age_h": (moment - newest.started_at).total_seconds() / 3600}
+    decisions = retention.decide(settings, moment)
+    if settings.offsite.enabled:  # the same only-copy rule as `backup.prune`: a set never pushed is kept
+        from stackops.offsite import copies
+
+        decisions, _, _ = retention.guarded(decisions, copies(settings), include_unpushed=False)
     data.retention = [{"id": d.backup.id, "kind": d.backup.kind, "keep": d.keep, "covers": "+".join(d.covers),
-                       "reasons": "; ".join(d.reasons)} for d in retention.decide(settings, moment)]
+                       "reasons": "; ".join(d.reasons)} for d in decisions]
     try:
         t = monitor.tables(settings, runtime)
         data.tables = [{"table": f"{x.schema}.{x.table}", "bytes": x.total_bytes, "rows": x.rows_estimate,

@@ -121,3 +121,18 @@ def test_remote_prune_never_counts_a_different_local_set_as_the_second_copy(tmp_
     unconfirmed = _cli(env, "backup.prune-remote", "--delete-only-copies")
     one_line(unconfirmed, ProtectedEnvironment.exit_code)
     assert {r.id for r in offsite.remote_sets(s)[0]} == {older, newer}
+
+
+def test_the_status_report_forecasts_the_prune_with_the_only_copy_rule(tmp_path: Path) -> None:
+    """The report's "what the next prune keeps and drops" is what `backup.prune` does: before, it showed the
+    never-pushed set as deleted (retention alone), so an operator reading it expected space that never came,
+    or trusted a set to be offsite that was not."""
+    from stackops.runtime.select import make_runtime
+    from stackops.statusreport import gather
+
+    s, _env, older, newer = _setup(tmp_path)
+    rows = {r["id"]: r for r in gather(s, make_runtime(s)).retention}
+    assert rows[older]["keep"] is True and "never pushed offsite" in rows[older]["reasons"]
+    offsite.push_set(s, older, report=NullReporter())
+    rows = {r["id"]: r for r in gather(s, make_runtime(s)).retention}
+    assert rows[older]["keep"] is False and rows[newer]["keep"] is True
