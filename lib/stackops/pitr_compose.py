@@ -43,6 +43,7 @@ What a ``kill -9`` of stackops leaves, step by step:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -184,9 +185,18 @@ class Live:
     def exec_cmd(self, argv: list[str], *, user: str = "postgres") -> Cmd:
         return Cmd([which("docker", DOCKER_INSTALL), "exec", "-i", "-u", user, str(self.c.id), *argv])
 
+    @property
+    def running(self) -> bool:
+        self.c.reload()
+        return bool(self.c.status == "running")
+
     def pgbackrest(self, *args: str, what: str, timeout: float | None = None, **options: str) -> str:
+        """pgBackRest in the database container; with the database stopped (crashed) in a helper container
+        with the same volumes (only for what needs no running server: info, restore)."""
         argv = ["pgbackrest", f"--config={CONF}", f"--stanza={self.stanza}",
                 *[f"--{k.replace('_', '-')}={v}" for k, v in options.items()], *args]
+        if not self.running:
+            return self.helper('exec "$@"', *argv, timeout=timeout or 600, what=what)
         try:
             return run(self.exec_cmd(argv), timeout=timeout).stdout.decode(errors="replace")
         except CommandFailed as exc:
@@ -196,6 +206,9 @@ class Live:
         return run(self.exec_cmd(["pgbackrest", "version"]), check=False).returncode == 0
 
     def enabled(self) -> bool:
+        if not self.running:
+            return bool(self.helper('if test -s "$1"; then echo yes; fi', CONF,
+                                    what="reading the pgBackRest configuration").strip() == "yes")
         return run(self.exec_cmd(["test", "-s", CONF]), check=False).returncode == 0
 
     def info(self) -> PitrInfo:
@@ -214,9 +227,10 @@ class Live:
             return out.decode(errors="replace")
         return self.helper(script, *args)
 
-    def helper(self, script: str, *args: str, timeout: float = 600) -> str:
+    def helper(self, script: str, *args: str, timeout: float = 600, what: str = "the swap helper") -> str:
         """Run ``script`` (a constant; arguments are positional) in a throwaway container of the database's
-        image with the data volume at PGDATA, as postgres, without network."""
+        image with the data volume at PGDATA and the repository volume at its mount point, as postgres,
+        without network. Returns its stdout; a failure raises with the last line of its stderr."""
         client = self.rt.client
         name = f"{self.rt.project}-pitr-helper"  # one name: two helpers never run at once
         for old in client.containers.list(all=True, filters={"name": name}):
@@ -226,14 +240,17 @@ class Live:
         c = client.containers.run(self.image, entrypoint=["bash", "-c", script, "stackops-pitr", *args],
                                   name=name, user="postgres", network_mode="none", detach=True,
                                   labels={SIDE_LABEL: self.rt.project},
-                                  volumes={self.data_volume: {"bind": self.pgdata, "mode": "rw"}})
+                                  volumes={self.data_volume: {"bind": self.pgdata, "mode": "rw"},
+                                           str(self.repo_volume): {"bind": REPO_MOUNT, "mode": "rw"}})
         try:
             code = int(c.wait(timeout=timeout).get("StatusCode", 1))
-            out = str(c.logs(stdout=True, stderr=True).decode(errors="replace"))
+            out = str(c.logs(stdout=True, stderr=False).decode(errors="replace"))
+            err = str(c.logs(stdout=False, stderr=True).decode(errors="replace"))
         finally:
             c.remove(force=True)
         if code != 0:
-            raise PitrError(f"the swap helper failed (exit {code}): {(out.strip().splitlines() or ['no output'])[-1]}")
+            last = (err.strip().splitlines() or out.strip().splitlines() or ["no output"])[-1]
+            raise PitrError(f"{what} failed (exit {code}): {last}")
         return out
 
 
@@ -306,7 +323,7 @@ def backup(settings: Settings, runtime: Runtime, kind: str, *, report: Reporter)
 
 
 def info(settings: Settings, runtime: Runtime) -> PitrInfo:
-    return Live(settings, runtime).info()
+    return Live(settings, runtime, running=False).info()
 
 
 # ----- restore -------------------------------------------------------------------------------------
@@ -330,20 +347,24 @@ def clean_leftovers(settings: Settings, runtime: Runtime, report: Reporter) -> N
 
 
 def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) -> Plan:
-    live = Live(settings, runtime)
+    live = Live(settings, runtime, running=False)  # a stopped (crashed) database is what PITR is for
     found = live.info()
+    stopped = not live.running
     check_target(found, target, settings.env.name)
     env = settings.env
     where = "the end of the archived WAL" if target is None else target.isoformat()
     work = live.work
     return Plan(
         f"point-in-time restore of {env.name} to {where}", env.name, env.protected,
-        ["archive the live cluster's current WAL (pgbackrest check)",
+        [("the live database is stopped: WAL it did not archive before it stopped is not in the repository"
+          if stopped else "archive the live cluster's current WAL (pgbackrest check)"),
          f"restore the newest backup before the target into {work}/side-<time> (inside the data volume "
          f"{live.data_volume}, beside the live cluster) in a side container without a published port, and "
          f"replay WAL to {where}",
-         "check it: connect, row counts, migrate.check's checks (none may fail that pass on the live cluster)",
-         f"stop the live cluster and keep it as {work}/kept-<time> (renames under a journal)",
+         "check it: connect, row counts, migrate.check's checks (none may fail that pass on the live cluster"
+         + ("; the live one is stopped, so it must answer)" if stopped else ")"),
+         f"{'keep' if stopped else 'stop'} the live cluster {'' if stopped else 'and keep it '}as {work}/kept-<time> "
+         "(renames under a journal)",
          "start the restored cluster in its place, archiving on; take a new full pgBackRest backup"],
         [f"the live {env.name} cluster's current state (kept aside in {work}/kept-<time>)"],
         ([] if target is not None else ["no --to: everything archived is replayed (recovery after losing the host)"])
@@ -521,8 +542,9 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
     """Restore beside, check, swap in (the plan was confirmed by the caller). Any failure before the swap
     leaves the live cluster serving; a restored cluster that does not start is swapped back out."""
     started = time.monotonic()
-    live = Live(settings, runtime)
+    live = Live(settings, runtime, running=False)
     with env_lock(settings.env.backups_dir, "pitr.restore"):
+        live_up = live.running
         name, side_rt, label = restore_beside(settings, runtime, target, report=report)
         try:
             report.step("checking the restored cluster")
@@ -530,7 +552,7 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
                 counts = pg.table_counts(conn)
             report.info(f"{len(counts)} tables, {sum(counts.values())} rows")
             side_checks = _checks(settings, side_rt, report)
-            live_ok = {c.name for c in _checks(settings, live.rt, report) if c.ok}
+            live_ok = {c.name for c in _checks(settings, live.rt, report) if c.ok} if live_up else set()
             worse = [c for c in side_checks if not c.ok and (c.name in live_ok or c.name == "database reachable")]
             if worse:
                 failed = "; ".join(f"{c.name}: {c.detail}" for c in worse)
@@ -539,7 +561,8 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
             stop_side(side_rt)
         except BaseException:
             stop_side(side_rt)
-            run(live.exec_cmd(["rm", "-rf", f"{live.work}/{name}"]), check=False)
+            with contextlib.suppress(StackopsError):  # best effort: the next restore removes it (clean_leftovers)
+                live.shell('rm -rf "$1"', f"{live.work}/{name}")
             raise
         stamp = name.removeprefix("side-")
         state = {"phase": "swapping", "side": name, "kept": f"kept-{stamp}", "failed": f"failed-{stamp}"}

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -43,20 +44,53 @@ def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archi
 
 
 @pytest.mark.skipif(not _docker_ok(), reason=ONLY_PROD)
-@pytest.mark.xfail(strict=True, reason="restore_plan and restore build Live(running=True) and read pgBackRest's info "
-                   "through `docker exec` in the database container: with the database stopped (crashed, its "
-                   "volume damaged) PITR is refused, though restore_beside was written for that case; needs "
-                   "info/check through a helper container mounting the repository volume")
 def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive() -> None:
+    """The database crashed and stays down: pitr.info and pitr.restore read pgBackRest's repository through a
+    helper container (no `docker exec` into a stopped container), restore to the end of the archive and start
+    the restored cluster in its place; the rows archived before the crash are there."""
     env, compose = _project()
     _up_database_only(compose)
     try:
         assert _invoke(env, "pitr.enable", "--env", "prod").returncode == 0
-        compose("stop", "database")  # the live cluster crashed and does not come back
+        _sql(env, "CREATE TABLE it_pitr_crash (id int PRIMARY KEY); "
+                  "INSERT INTO it_pitr_crash SELECT generate_series(1, 40)")
+        _wait_archived(env, _sql(env, "SELECT pg_walfile_name(pg_switch_wal())").strip())
+        compose("kill", "database")  # the live cluster crashed (no shutdown checkpoint) and does not come back
+        shown = _invoke(env, "pitr.info", "--env", "prod")
+        assert shown.returncode == 0 and "stanza prod: ok" in shown.stdout, shown.stderr
+        dry = _invoke(env, "pitr.restore", "--env", "prod", "--dry-run")
+        assert dry.returncode == 0 and "the live database is stopped" in dry.stdout, dry.stdout + dry.stderr
         proc = _invoke(env, "pitr.restore", "--env", "prod", "--yes")
         assert proc.returncode == 0, proc.stderr
+        assert _sql(env, "SELECT count(*) FROM it_pitr_crash").strip() == "40"
     finally:
         _down(compose)
+
+
+def _database(env: dict[str, str]) -> str:
+    project = env["INVOKE_STACKOPS_ENVS_PROD_COMPOSE_PROJECT"]
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
+                          "--filter", "label=com.docker.compose.service=database"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert len(out) == 1, out
+    return out[0]
+
+
+def _sql(env: dict[str, str], query: str) -> str:
+    argv = ["docker", "exec", "-u", "postgres", _database(env), "psql", "-XAtq", "-v", "ON_ERROR_STOP=1",
+            "-d", "impactbot_v2", "-c", query]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _wait_archived(env: dict[str, str], segment: str) -> None:
+    """Until ``segment`` (the one pg_switch_wal closed) is archived: pg_stat_archiver names it or a later one."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _sql(env, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").strip() >= segment:
+            return
+        time.sleep(0.5)
+    archiver = _sql(env, "SELECT * FROM pg_stat_archiver")
+    raise AssertionError(f"{segment} was not archived within 60 s: {archiver}")
 
 
 def _project() -> tuple[dict[str, str], Any]:
