@@ -10,19 +10,46 @@ Configuration (environment): POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGR
 POSTGRES_DB, REDIS_HOST, REDIS_PORT, UPLOADS_DIR, PORT. The image variant comes from
 IMPACTBOT_BACKEND_VARIANT: "healthy", or "broken" (its /health always fails, for update tests).
 """
+# ruff: noqa: E402  (the health check runs before the service's imports, see healthcheck())
 
 from __future__ import annotations
+
+import os
+import sys
+
+
+def healthcheck() -> int:
+    """The container's health check (`app.py healthcheck`, every few seconds in every backend container):
+    GET /health over a bare socket, before the service's own imports, which cost five times a bare
+    interpreter's start (measured in the container: 0.10 s of CPU against 0.02 s)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", int(os.environ.get("PORT", "8000"))), timeout=5) as conn:
+            conn.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+    except OSError as exc:  # refused, timed out: unhealthy
+        print(exc)
+        return 1
+    head, _, body = reply.partition(b"\r\n\r\n")
+    print(body.decode(errors="replace"))
+    status = head.split(b" ", 2)
+    return 0 if len(status) > 1 and status[1] == b"200" else 1
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["healthcheck"]:
+    sys.exit(healthcheck())
 
 import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import signal
 import socket
 import struct
-import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -239,16 +266,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["healthcheck"]:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health",
-                                        timeout=5) as resp:
-                print(resp.read().decode())
-        except Exception as exc:  # any failure is unhealthy
-            body = exc.read().decode() if hasattr(exc, "read") else str(exc)
-            print(body)
-            sys.exit(1)
-    else:
-        main()
+    main()
