@@ -35,9 +35,16 @@ from tests.conftest import table_hashes as hashes_of
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # compose_all runs the three slots at once: the tests of dev, test and prod at once need the two
+    # neighbour stacks, so they run in one slot only (STACKOPS_IT_ALL_ENVS_SLOT), not in each: two stacks of
+    # idle containers less in each other slot, whose health checks alone took a fifth of the CPU
+    only_in = os.environ.get("STACKOPS_IT_ALL_ENVS_SLOT")
+    elsewhere = pytest.mark.skip(reason=f"dev, test and prod at once: run by the {only_in} slot of compose_all")
     for item in items:  # under xdist, one worker (one harness slot) brings the two neighbours up
         if "all_envs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("all-envs"))
+            if only_in and IT_ENV and only_in != IT_ENV:
+                item.add_marker(elsewhere)
     if IT_ENV:
         return
     skip = pytest.mark.skip(reason="compose acceptance tests need STACKOPS_IT_ENV=dev|test|prod "
