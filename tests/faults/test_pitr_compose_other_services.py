@@ -32,7 +32,8 @@ def _docker_ok() -> bool:
 
 
 @pytest.mark.skipif(not _docker_ok(), reason=ONLY_PROD)
-def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archives() -> None:
+def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archives(
+        compose_harness: dict[str, str]) -> None:
     env, compose = _project()
     _up_database_only(compose)
     try:
@@ -44,7 +45,8 @@ def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archi
 
 
 @pytest.mark.skipif(not _docker_ok(), reason=ONLY_PROD)
-def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive() -> None:
+def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive(
+        compose_harness: dict[str, str]) -> None:
     """The database crashed and stays down: pitr.info and pitr.restore read pgBackRest's repository through a
     helper container (no `docker exec` into a stopped container), restore to the end of the archive and start
     the restored cluster in its place; the rows archived before the crash are there."""
@@ -94,6 +96,9 @@ def _wait_archived(env: dict[str, str], segment: str) -> None:
 
 
 def _project() -> tuple[dict[str, str], Any]:
+    # the tests take the session's `compose_harness`: in a slot (compose_all) it makes the slot's image tags
+    # these projects run, which otherwise exist only once some other test of the session brought it up (in
+    # random order this module can run first: compose then tried to pull the slot's tags from a registry)
     from tests.compose.harness import harness_environ
 
     # its own project names and folders; the images stay the session's (in a slot: the slot's own tags)
