@@ -59,7 +59,11 @@ def pitr_prod(it_env: str, rt: ComposeRuntime) -> Iterator[ComposeRuntime]:
     keep the project's network busy) and the test's tables are gone."""
     if it_env != "prod":
         pytest.skip("point-in-time recovery on compose is prod only by default (pgbackrest_prod_repo)")
-    enabled = cli("pitr.enable", "--env", "prod", check=False, extra_env=PITR_ENV)
+    # it restarts the prod database: never unasked (no terminal here, so refused in one line, nothing touched)
+    unasked = cli("pitr.enable", "--env", "prod", check=False, extra_env=PITR_ENV)
+    assert unasked.returncode == 6 and "needs confirmation" in unasked.stderr, unasked.stderr
+    assert len(unasked.stderr.strip().splitlines()) == 1, unasked.stderr
+    enabled = cli("pitr.enable", "--env", "prod", "--yes", check=False, extra_env=PITR_ENV)
     assert enabled.returncode == 0, enabled.stdout + enabled.stderr
     assert "full" in enabled.stdout and "recoverable: from" in enabled.stdout, enabled.stdout
     try:

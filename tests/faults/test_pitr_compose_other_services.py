@@ -37,7 +37,7 @@ def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archi
     env, compose = _project()
     _up_database_only(compose)
     try:
-        proc = _invoke(env, "pitr.enable", "--env", "prod")
+        proc = _invoke(env, "pitr.enable", "--env", "prod", "--yes")
         assert proc.returncode == 0, proc.stderr
         assert "stanza prod: ok" in proc.stdout, proc.stdout
     finally:
@@ -53,7 +53,7 @@ def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive(
     env, compose = _project()
     _up_database_only(compose)
     try:
-        assert _invoke(env, "pitr.enable", "--env", "prod").returncode == 0
+        assert _invoke(env, "pitr.enable", "--env", "prod", "--yes").returncode == 0
         _sql(env, "CREATE TABLE it_pitr_crash (id int PRIMARY KEY); "
                   "INSERT INTO it_pitr_crash SELECT generate_series(1, 40)")
         _wait_archived(env, _sql(env, "SELECT pg_walfile_name(pg_switch_wal())").strip())

@@ -183,3 +183,20 @@ def test_end_of_input_at_the_prompt_refuses_in_one_line(fresh: Fresh, tmp_path: 
     assert err.strip().splitlines()[-1].startswith("stackops: ") and "end of input" in err
     assert "Traceback" not in err
     assert state(fresh) == before
+
+
+def test_pitr_enable_in_prod_asks_first_because_it_restarts_the_database(fresh: Fresh) -> None:
+    """pitr.enable restarts the database server (archive_mode takes effect only at a start): in prod it is
+    refused unasked, and its dry run names the restart; the server was not restarted, archiving not touched."""
+    env = cli_env(fresh.settings, "prod")
+    probe = "SELECT pg_postmaster_start_time()::text, current_setting('archive_mode')"
+    with fresh.connect() as conn:
+        before = conn.execute(probe).fetchone()
+    refused = invoke_cli("pitr.enable", "--env", "prod", env=env)
+    assert refused.returncode == ProtectedEnvironment.exit_code, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("stackops: ") and "--yes" in refused.stderr
+    dry = invoke_cli("pitr.enable", "--env", "prod", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would restart the database server" in dry.stdout, dry.stdout
+    with fresh.connect() as conn:
+        assert conn.execute(probe).fetchone() == before

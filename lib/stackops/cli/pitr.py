@@ -48,12 +48,28 @@ def _show(found: Any) -> None:
               f"({found.wal_max})")
 
 
-@task(help={"env": ENV_HELP})
+def _enable_plan(s: Any) -> Any:
+    from stackops.report import Plan
+
+    env = s.env
+    return Plan(
+        f"turning point-in-time recovery on for {env.name}", env.name, env.protected,
+        [f"write pgBackRest's configuration (stanza {env.name})",
+         f"turn WAL archiving on (archive_timeout {s.pitr.archive_timeout}s: the recovery point objective)",
+         "restart the database server (archive_mode takes effect only at a start): its connections drop "
+         "for a few seconds",
+         "create the stanza, check that WAL reaches the repository, take the first full pgBackRest backup"],
+        [], [f"the {env.name} database restarts: the backend's connections drop and reconnect"])
+
+
+@task(help={"env": ENV_HELP, "yes": YES_HELP, "dry_run": DRY_RUN_HELP})
 @guarded
-def enable(c, env=None):
+def enable(c, env=None, yes=False, dry_run=False):
     """Archive WAL to a pgBackRest repository (archive_timeout = the RPO), create the stanza, take the first
-    full backup."""
+    full backup. Restarts the database: confirmed in a protected environment (--yes, or its name typed)."""
     s = settings(c, env)
+    if not proceed(_enable_plan(s), yes=yes, dry_run=dry_run):
+        return
     report = reporter()
     rt = runtime(s, report)
     _show(_impl(rt).enable(s, rt, report=report))
