@@ -18,14 +18,16 @@ import pytest
 from tests.conftest import ROOT
 
 PROJECT = "advpitr-faults-prod"
-ONLY_PROD = "compose prod session only (STACKOPS_IT_ENV=prod, Docker, the stand-in images)"
+ONLY_PROD = "compose sessions only (STACKOPS_IT_ENV set: the prod session, or compose_all's test slot; Docker, " \
+            "the stand-in images)"
 WORK = ROOT / ".stack" / "faults-pitr-services"
 
 
 def _docker_ok() -> bool:
-    # run by the prod compose session (noxfile: the compose fault tests), after .ci/setup-docker built the images;
-    # never by the local `tests` session, where Docker may still be being set up in the background
-    if os.environ.get("STACKOPS_IT_ENV") != "prod" or shutil.which("docker") is None:
+    # run by the compose session the noxfile gives it (OWN_PROJECT_FAULTS: prod alone, compose_all's test slot),
+    # after .ci/setup-docker built the images; never by the local `tests` session, where Docker may still be
+    # being set up in the background. Its projects are its own (`advpitr-faults-prod`), whatever the slot.
+    if not os.environ.get("STACKOPS_IT_ENV") or shutil.which("docker") is None:
         return False
     out = subprocess.run(["docker", "image", "inspect", "stackops-standin/postgres:15"], capture_output=True)
     return out.returncode == 0
