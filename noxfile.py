@@ -109,7 +109,7 @@ def compose_all(session: nox.Session) -> None:
     for env in ENVS:
         suites, variables = _compose_suite(env, together=True)
         workers = _workers(os.environ.get("STACKOPS_COMPOSE_WORKERS", "2")) if env == "dev" else []
-        argv = ["pytest", "-rfE", *workers, *suites, *session.posargs]
+        argv = ["pytest", "-rfE", "--durations=15", *workers, *suites, *session.posargs]
         session.log(f"compose {env}: {' '.join(argv)} (output: {LOGS / env}.log)")
         with (LOGS / f"{env}.log").open("wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
