@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ROOT
 
 PROJECT = "advpitr-faults-prod"
-ONLY_PROD = "compose sessions only (STACKOPS_IT_ENV set: the prod session, or compose_all's test slot; Docker, " \
+COMPOSE_ONLY = "compose sessions only (STACKOPS_IT_ENV set: the prod session, or compose_all's test slot; Docker, " \
             "the stand-in images)"
 WORK = ROOT / ".stack" / "faults-pitr-services"
 
@@ -33,7 +33,7 @@ def _docker_ok() -> bool:
     return out.returncode == 0
 
 
-@pytest.mark.skipif(not _docker_ok(), reason=ONLY_PROD)
+@pytest.mark.skipif(not _docker_ok(), reason=COMPOSE_ONLY)
 def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archives(
         compose_harness: dict[str, str]) -> None:
     env, compose = _project()
@@ -46,7 +46,7 @@ def test_pitr_enable_with_only_the_database_running_creates_the_stanza_and_archi
         _down(compose)
 
 
-@pytest.mark.skipif(not _docker_ok(), reason=ONLY_PROD)
+@pytest.mark.skipif(not _docker_ok(), reason=COMPOSE_ONLY)
 def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive(
         compose_harness: dict[str, str]) -> None:
     """The database crashed and stays down: pitr.info and pitr.restore read pgBackRest's repository through a
