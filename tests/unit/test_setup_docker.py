@@ -8,6 +8,7 @@ session waited until the run timed out. These tests fail on that script."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -86,3 +87,24 @@ def test_a_lock_held_too_long_is_one_clear_line_and_a_failure_on_stub_docker(stu
     assert time.monotonic() - started < 30
     last = done.stderr.strip().splitlines()[-1]
     assert "still locked after 1s" in last and "setup-docker.log" in last
+
+
+def test_ci_run_stops_a_hung_background_setup_and_keeps_the_tests_status_on_stub_setup_docker(tmp_path: Path) -> None:
+    """.ci/run's exit trap waits for the background setup-docker at most STACKOPS_SETUP_DOCKER_WAIT seconds: a
+    hung image build (a stub that sleeps) is stopped, its log shown, and the run ends with the tests' status
+    instead of waiting until CI's limit. The real .ci/run, in a copy of the repository's layout with a stub
+    setup-docker and a stub quickstart."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    stubs = {".ci/setup-docker": "#!/bin/sh\necho building the images\nexec sleep 317\n",
+             "quickstart": "#!/bin/sh\necho the tests failed early\nexit 3\n"}
+    for rel, text in stubs.items():
+        (tmp_path / rel).write_text(text)
+        (tmp_path / rel).chmod(0o755)
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "STACKOPS_CI_NO_APT": "1", "STACKOPS_SETUP_DOCKER_WAIT": "2"})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+    assert "still runs after 2s: stopped" in done.stderr and "building the images" in done.stderr
+    assert subprocess.run(["pgrep", "-f", "^sleep 317$"], capture_output=True).returncode == 1
