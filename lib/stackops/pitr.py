@@ -176,10 +176,15 @@ def parse_info(stanza_name: str, data: list[dict[str, Any]], repo: str) -> PitrI
                     max((a["max"] for a in archives if a.get("max")), default=None), repo)
 
 
+def last_error_line(stderr: str) -> str | None:
+    """pgBackRest's last ERROR line in ``stderr``, if any."""
+    lines = [ln for ln in stderr.splitlines() if "ERROR" in ln]
+    return lines[-1].strip() if lines else None
+
+
 def pgbackrest_error(exc: CommandFailed, what: str) -> PitrError:
     """pgBackRest's last ERROR line as one PitrError."""
-    lines = [ln for ln in (exc.stderr + "\n").splitlines() if "ERROR" in ln] or [str(exc)]
-    return PitrError(f"{what} failed: {lines[-1].strip()}")
+    return PitrError(f"{what} failed: {last_error_line(exc.stderr) or str(exc)}")
 
 
 # ----- enable / backup / info ----------------------------------------------------------------------

@@ -62,6 +62,7 @@ from stackops.pitr import (
     PitrInfo,
     PitrRestoreResult,
     check_target,
+    last_error_line,
     parse_info,
     pgbackrest_error,
 )
@@ -249,7 +250,8 @@ class Live:
         finally:
             c.remove(force=True)
         if code != 0:
-            last = (err.strip().splitlines() or out.strip().splitlines() or ["no output"])[-1]
+            # pgBackRest's last ERROR line, as pgbackrest_error reads it when the database runs; else the last line
+            last = last_error_line(err) or (err.strip().splitlines() or out.strip().splitlines() or ["no output"])[-1]
             raise PitrError(f"{what} failed (exit {code}): {last}")
         return out
 
