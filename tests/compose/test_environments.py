@@ -21,6 +21,7 @@ from tests.compose.conftest import (
     get_marker,
     put_marker,
     tree,
+    wait_for,
 )
 from tests.compose.harness import ENVS, project
 
@@ -166,3 +167,25 @@ def test_down_keeps_data_and_removal_needs_the_explicit_flag(it_env: str, rt: Co
     assert rt.volumes() == {}
     cli("env.up", "--env", it_env)
     assert get_marker(rt, "flag") is None
+
+
+def test_waiting_after_a_database_outage_outlasts_the_backends_stale_unhealthy_verdict(
+        it_env: str, rt: ComposeRuntime, healthy_after: Any) -> None:
+    """The backend's health check fails while the database is down (5 failures: "unhealthy"). A wait that
+    starts as the database comes back (a crashed cluster restarted, PITR's swap, `env.up`) waits for the
+    backend's next check instead of failing at once on the verdict reached before it; a service that fails
+    its checks during the wait still fails it (the update rollback tests)."""
+    if it_env != "test":
+        pytest.skip("one environment shows it; the test slot has the time to spare")
+    database = rt.container("database")
+    database.stop(timeout=30)
+    try:
+        wait_for(lambda: (rt.container("backend").attrs["State"].get("Health") or {}).get("Status") == "unhealthy",
+                 90, "the backend to turn unhealthy while the database is down")
+    finally:
+        database.start()
+    rt.wait_healthy(NullReporter(), timeout=120)  # at once: the database is still starting, the backend unhealthy
+    up = cli("env.up", "--env", it_env, check=False)
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = {s.name: s for s in rt.status()}
+    assert status["backend"].healthy is True and status["database"].healthy is True, status

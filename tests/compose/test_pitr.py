@@ -55,8 +55,9 @@ def in_volume(rt: ComposeRuntime, pattern: str) -> list[str]:
 
 @pytest.fixture
 def pitr_prod(it_env: str, rt: ComposeRuntime) -> Iterator[ComposeRuntime]:
-    """Prod with archiving on (pitr.enable through the CLI); afterwards no side container is left (one would
-    keep the project's network busy) and the test's tables are gone."""
+    """Prod with archiving on (pitr.enable through the CLI); afterwards no side container or side folder is
+    left (one would keep the project's network busy, the other would fail the next test's "nothing changed")
+    and the test's tables are gone, whatever the test did."""
     if it_env != "prod":
         pytest.skip("point-in-time recovery on compose is prod only by default (pgbackrest_prod_repo)")
     # it restarts the prod database: never unasked (no terminal here, so refused in one line, nothing touched)
@@ -72,6 +73,7 @@ def pitr_prod(it_env: str, rt: ComposeRuntime) -> Iterator[ComposeRuntime]:
         for c in side_containers(rt):
             c.remove(force=True)
         rt.wait_healthy(NullReporter(), timeout=180)
+        pitr_compose.clean_leftovers(rt.settings, rt, NullReporter())
         with connect(rt) as conn:
             for table in ("it_pitr_notes", "it_pitr_later", "it_pitr_ticks"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")

@@ -21,6 +21,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from stackops.config import Settings
@@ -55,6 +56,25 @@ def _split_ref(ref: str) -> tuple[str, str]:
         name, tag = last.rsplit(":", 1)
         return (f"{head}/{name}" if head else name), tag
     return ref, "latest"
+
+
+def _failing_checks_since(container: Any, since: datetime) -> tuple[int, int]:
+    """(failed health checks in a row at the end of the container's health log that started at or after
+    ``since``, the count that makes it unhealthy: its retries, at most the 5 entries Docker keeps). A verdict
+    of "unhealthy" reached before ``since`` is stale: a service whose dependency was down (the backend while
+    the database restarted) turns healthy again on its next passing check."""
+    retries = int(((container.attrs.get("Config") or {}).get("Healthcheck") or {}).get("Retries") or 3)
+    log = (container.attrs.get("State", {}).get("Health") or {}).get("Log") or []
+    failed = 0
+    for entry in reversed(log):
+        try:
+            start = datetime.fromisoformat(str(entry.get("Start", "")))
+        except ValueError:
+            break
+        if entry.get("ExitCode") == 0 or start < since:
+            break
+        failed += 1
+    return failed, max(1, min(retries, 5))
 
 
 def _health_log_tail(container: Any) -> str:
@@ -347,6 +367,7 @@ class ComposeRuntime(Runtime):
         service too: "healthy" means all of them), looking every ``every`` seconds. ``services``: only
         those (PITR restarts the database alone and must not judge it by the backend's health)."""
         started = time.monotonic()
+        since = datetime.now(UTC)
         deadline = started + timeout
         wanted = self.services() if services is None else services
         last = ""
@@ -370,6 +391,10 @@ class ComposeRuntime(Runtime):
                 if status != "running":
                     problems.append(f"{service}: {status}")
                 elif health == "unhealthy":
+                    failed, needed = _failing_checks_since(c, since)
+                    if failed < needed:  # judged before this wait: its next passing check makes it healthy
+                        problems.append(f"{service}: unhealthy, checking again")
+                        continue
                     raise ServiceError(
                         f"service {service} of {self.env.name} is unhealthy ({_health_log_tail(c) or 'no output'}): "
                         f"see `docker logs {c.name}`"
