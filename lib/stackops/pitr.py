@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from stackops import pg
 from stackops.config import Settings
@@ -106,10 +106,10 @@ class Repo:
         # pgBackRest connects through the unix socket with the environment's password (never in argv)
         return self.rt.server_cmd([*argv, *args], env={"PGPASSWORD": self.rt.conninfo()["password"]})
 
-    def run(self, *args: str, what: str, timeout: float | None = None, opts: dict[str, str] | None = None,
-            **options: str) -> str:
+    def pgbackrest(self, *args: str, what: str, timeout: float | None = None, **options: str) -> str:
+        """``pgbackrest ARGS --OPTION=VALUE...`` as the server user (an option's ``_`` is written ``-``)."""
         try:
-            out = run(self.cmd(*args, options={**(opts or {}), **options}), timeout=timeout).stdout
+            out = run(self.cmd(*args, options=options), timeout=timeout).stdout
             return out.decode(errors="replace")
         except CommandFailed as exc:
             raise pgbackrest_error(exc, what) from None
@@ -153,7 +153,7 @@ class Repo:
         if not self.enabled:
             raise PitrError(f"point-in-time recovery is not enabled for {self.stanza}: run "
                             f"`invoke pitr.enable --env {self.stanza}`")
-        data = json.loads(self.run("info", what="pgbackrest info", output="json") or "[]")
+        data = json.loads(self.pgbackrest("info", what="pgbackrest info", output="json") or "[]")
         return parse_info(self.stanza, data, str(self.repo))
 
 
@@ -212,24 +212,48 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
         rt.stop_postgres(report)
         rt.start_postgres(report)
         pg.reload_config(rt)  # archive_timeout holds from now on (see pg.reload_config)
-        report.step(f"creating stanza {repo.stanza} and checking that WAL reaches the repository")
-        repo.run("stanza-create", what="pgbackrest stanza-create", timeout=300)
-        repo.run("check", what="pgbackrest check (WAL archiving)", timeout=300)
-        if not repo.info().backups:
-            report.step("taking the first full pgBackRest backup")
-            repo.run("backup", what="pgbackrest backup", type="full")
+        create_stanza(repo, report)
     return repo.info()
 
 
 def backup(settings: Settings, runtime: Runtime, kind: str, *, report: Reporter) -> PitrBackup:
+    check_backup_type(kind)
+    return take_backup(settings, Repo(settings, runtime), kind, report)
+
+
+class PgBackRest(Protocol):
+    """pgBackRest as enable and backup use it on any runtime: the local ``Repo``, compose's ``Live``."""
+
+    stanza: str
+
+    def pgbackrest(self, *args: str, what: str, timeout: float | None = None, **options: str) -> str: ...
+
+    def info(self) -> PitrInfo: ...
+
+
+def create_stanza(tool: PgBackRest, report: Reporter) -> None:
+    """Once archiving is on (enable's last step, under its lock): the stanza, a check that WAL reaches the
+    repository, and the first full backup unless there is one."""
+    report.step(f"creating stanza {tool.stanza} and checking that WAL reaches the repository")
+    tool.pgbackrest("stanza-create", what="pgbackrest stanza-create", timeout=300)
+    tool.pgbackrest("check", what="pgbackrest check (WAL archiving)", timeout=300)
+    if not tool.info().backups:
+        report.step("taking the first full pgBackRest backup")
+        tool.pgbackrest("backup", what="pgbackrest backup", type="full")
+
+
+def check_backup_type(kind: str) -> None:
     if kind not in BACKUP_TYPES:
         raise PitrError(f"unknown pgBackRest backup type {kind!r}: accepted values are {', '.join(BACKUP_TYPES)}")
-    repo = Repo(settings, runtime)
-    repo.info()
+
+
+def take_backup(settings: Settings, tool: PgBackRest, kind: str, report: Reporter) -> PitrBackup:
+    """``pgbackrest backup --type=kind`` under the environment's lock (PITR must be enabled); the new backup."""
+    tool.info()
     with env_lock(settings.env.backups_dir, f"pitr.backup ({kind})"):
         report.step(f"pgbackrest backup --type={kind}")
-        repo.run("backup", what=f"pgbackrest backup --type={kind}", type=kind)
-    return repo.info().backups[-1]
+        tool.pgbackrest("backup", what=f"pgbackrest backup --type={kind}", type=kind)
+    return tool.info().backups[-1]
 
 
 def info(settings: Settings, runtime: Runtime) -> PitrInfo:
@@ -351,20 +375,20 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     clean_leftovers(rt, report)
     if rt.postgres_pid() is not None:
         report.step("archiving the live cluster's current WAL (pgbackrest check)")
-        repo.run("check", what="pgbackrest check", timeout=300)
+        repo.pgbackrest("check", what="pgbackrest check", timeout=300)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     side_dir = rt.pg_home / f"{SIDE_PREFIX}{stamp}"
     side_dir.mkdir(mode=0o700)
     if rt.run_as is not None:
         pw = pwd.getpwnam(rt.run_as)
         os.chown(side_dir, pw.pw_uid, pw.pw_gid)
-    options = {"pg1_path": str(side_dir)}
-    if target is not None:
-        options |= {"type": "time", "target": target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"),
-                    "target_action": "promote"}
     where = target.isoformat() if target else "the end of the archive"
     report.step(f"restoring into {side_dir} (pgbackrest restore, target {where})")
-    repo.run("restore", what="pgbackrest restore", opts=options)
+    if target is None:
+        repo.pgbackrest("restore", what="pgbackrest restore", pg1_path=str(side_dir))
+    else:
+        repo.pgbackrest("restore", what="pgbackrest restore", pg1_path=str(side_dir), type="time",
+                        target=target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00"), target_action="promote")
     before = [b for b in repo.info().backups if target is None or b.stopped_at <= target]
     label = before[-1].label if before else "?"
     port = _free_port()
@@ -429,7 +453,7 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
             raise
         _clear_swap_journal(settings)
         report.step("taking a new full pgBackRest backup of the new timeline")
-        repo.run("backup", what="pgbackrest backup after the restore", type="full")
+        repo.pgbackrest("backup", what="pgbackrest backup after the restore", type="full")
     return PitrRestoreResult(target.isoformat() if target else "end of archive", label, str(kept), counts,
                              round(time.monotonic() - started, 2), side.env.ports.postgres)
 

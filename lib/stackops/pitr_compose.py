@@ -56,15 +56,17 @@ from stackops.errors import CommandFailed, LockBusy, PitrError, PrerequisiteErro
 from stackops.files import atomic_write
 from stackops.lock import env_lock
 from stackops.pitr import (
-    BACKUP_TYPES,
     RECOVERY_WAIT,
     PitrBackup,
     PitrInfo,
     PitrRestoreResult,
+    check_backup_type,
     check_target,
+    create_stanza,
     last_error_line,
     parse_info,
     pgbackrest_error,
+    take_backup,
 )
 from stackops.proc import Cmd, run, which
 from stackops.report import Check, NullReporter, Plan, Reporter
@@ -304,24 +306,13 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
                                   "archive_timeout": str(settings.pitr.archive_timeout)})
         _restart(live.rt, live, report)
         live = Live(settings, runtime)
-        report.step(f"creating stanza {live.stanza} and checking that WAL reaches the repository")
-        live.pgbackrest("stanza-create", what="pgbackrest stanza-create", timeout=300)
-        live.pgbackrest("check", what="pgbackrest check (WAL archiving)", timeout=300)
-        if not live.info().backups:
-            report.step("taking the first full pgBackRest backup")
-            live.pgbackrest("backup", what="pgbackrest backup", type="full")
+        create_stanza(live, report)
     return live.info()
 
 
 def backup(settings: Settings, runtime: Runtime, kind: str, *, report: Reporter) -> PitrBackup:
-    if kind not in BACKUP_TYPES:
-        raise PitrError(f"unknown pgBackRest backup type {kind!r}: accepted values are {', '.join(BACKUP_TYPES)}")
-    live = Live(settings, runtime)
-    live.info()
-    with env_lock(settings.env.backups_dir, f"pitr.backup ({kind})"):
-        report.step(f"pgbackrest backup --type={kind}")
-        live.pgbackrest("backup", what=f"pgbackrest backup --type={kind}", type=kind)
-    return live.info().backups[-1]
+    check_backup_type(kind)
+    return take_backup(settings, Live(settings, runtime), kind, report)
 
 
 def info(settings: Settings, runtime: Runtime) -> PitrInfo:
