@@ -160,12 +160,24 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _malformed(m: dict[str, Any]) -> str:
-    """What is wrong with a manifest's fields ("" when nothing): its checksum proves no edit by accident,
-    not that an edited one was re-sealed with sense, so every field a command reads is checked."""
+def plain_name(name: object) -> bool:
+    """A file name a command may write inside a set's folder: never a path, ``..``, a hidden name or a NUL."""
+    return isinstance(name, str) and "/" not in name and "\\" not in name and "\0" not in name \
+        and name not in ("", ".", "..") and not name.startswith(".")
+
+
+def sized_and_hashed(entry: object) -> bool:
+    """A file entry with a size (an int >= 0) and a sha256 (64 lower-case hex digits)."""
+    return isinstance(entry, dict) and isinstance(entry.get("size"), int) and not isinstance(entry["size"], bool) \
+        and entry["size"] >= 0 and bool(SHA256_HEX.match(str(entry.get("sha256", ""))))
+
+
+def malformed_head(m: dict[str, Any]) -> str:
+    """What is wrong with the fields a manifest and a remote index share, kind and started_at ("" when
+    nothing)."""
     if m.get("kind") not in KINDS:
         return f"kind {m.get('kind')!r} is not one of {', '.join(KINDS)}"
     try:
@@ -174,17 +186,24 @@ def _malformed(m: dict[str, Any]) -> str:
         return f"started_at {m.get('started_at')!r} is not a time"
     if started.tzinfo is None:
         return f"started_at {m.get('started_at')!r} has no time zone"
+    return ""
+
+
+def _malformed(m: dict[str, Any]) -> str:
+    """What is wrong with a manifest's fields ("" when nothing): its checksum proves no edit by accident,
+    not that an edited one was re-sealed with sense, so every field a command reads is checked."""
+    head = malformed_head(m)
+    if head:
+        return head
     if not isinstance(m.get("duration_s"), int | float) or isinstance(m.get("duration_s"), bool):
         return "duration_s is not a number"
     files = m.get("files")
     if not isinstance(files, dict):
         return "files is not a mapping"
     for name, entry in files.items():
-        if not isinstance(name, str) or "/" in name or name in ("", ".", "..") or name.startswith("."):
+        if not plain_name(name):
             return f"file name {name!r} is not a plain name"
-        if not isinstance(entry, dict) or not isinstance(entry.get("role"), str) \
-                or not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) \
-                or entry["size"] < 0 or not _SHA256.match(str(entry.get("sha256", ""))):
+        if not sized_and_hashed(entry) or not isinstance(entry.get("role"), str):
             return f"the entry of {name!r} lacks a role, a size or a sha256"
     counts = m.get("row_counts", {})
     if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
@@ -448,7 +467,7 @@ def _valid_entry(entry: Any) -> bool:
         return False
     if not isinstance(listed, dict) or set(listed) - set(LISTED) or listed.get("format") != FORMAT:
         return False
-    if not isinstance(listed.get("compression"), str) or not _SHA256.match(str(listed.get("manifest_sha256"))):
+    if not isinstance(listed.get("compression"), str) or not SHA256_HEX.match(str(listed.get("manifest_sha256"))):
         return False
     head = listed.get("migration_head")
     return (head is None or isinstance(head, str)) and _malformed(listed) == ""

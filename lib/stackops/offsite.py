@@ -23,7 +23,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stackops import backupset, crypt
-from stackops.backupset import KINDS, MANIFEST, TMP_PREFIX, BackupSet
+from stackops.backupset import MANIFEST, SHA256_HEX, TMP_PREFIX, BackupSet, malformed_head, plain_name, sized_and_hashed
 from stackops.config import Retention, Settings
 from stackops.errors import (
     BackupCorrupt,
@@ -120,46 +119,32 @@ def parse_index(data: bytes, where: str) -> dict[str, Any]:
     return index
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _plain(name: object) -> bool:
-    return isinstance(name, str) and "/" not in name and "\\" not in name and "\0" not in name \
-        and name not in ("", ".", "..") and not name.startswith(".")
-
-
 def _malformed(index: dict[str, Any]) -> str:
     """What is wrong with an index's fields ("" when nothing). Its checksum proves no accident, not that
     whoever can write the remote re-sealed it with sense: every name a pull writes to must be a plain
     file name inside the set (never ``../``, never a path), every size and checksum well formed."""
-    if not _plain(index.get("id")):
+    if not plain_name(index.get("id")):
         return f"id {index.get('id')!r} is not a plain name"
-    if index.get("kind") not in KINDS:
-        return f"kind {index.get('kind')!r} is not one of {', '.join(KINDS)}"
-    try:
-        started = datetime.fromisoformat(str(index.get("started_at")))
-    except ValueError:
-        return f"started_at {index.get('started_at')!r} is not a time"
-    if started.tzinfo is None:
-        return "started_at has no time zone"
+    head = malformed_head(index)
+    if head:
+        return head
     if not isinstance(index.get("recipients"), list) or not all(isinstance(r, str) for r in index["recipients"]):
         return "recipients is not a list of public keys"
-    if not _SHA256.match(str(index.get("manifest_sha256", ""))):
+    if not SHA256_HEX.match(str(index.get("manifest_sha256", ""))):
         return "manifest_sha256 is not a sha256"
     files = index.get("files")
     if not isinstance(files, dict) or not files:
         return "files is not a mapping of file names"
     sources: set[str] = set()
     for name, entry in files.items():
-        if not _plain(name) or name == INDEX:
+        if not plain_name(name) or name == INDEX:
             return f"file name {name!r} is not a plain name inside the set"
-        if not isinstance(entry, dict) or not _plain(entry.get("source")) or entry.get("source") == INDEX:
+        if not isinstance(entry, dict) or not plain_name(entry.get("source")) or entry.get("source") == INDEX:
             return f"the source of {name!r} is not a plain name inside the set"
         if entry["source"] in sources:
             return f"two files claim to hold {entry['source']!r}"
         sources.add(entry["source"])
-        if not isinstance(entry.get("size"), int) or isinstance(entry.get("size"), bool) or entry["size"] < 0 \
-                or not _SHA256.match(str(entry.get("sha256", ""))):
+        if not sized_and_hashed(entry):
             return f"the entry of {name!r} lacks a size or a sha256"
     if MANIFEST not in sources:
         return f"no file holds the set's {MANIFEST}"
