@@ -74,6 +74,7 @@ from stackops.runtime.base import Runtime
 from stackops.runtime.compose import DATABASE, ComposeRuntime
 from stackops.runtime.docker import DOCKER_INSTALL
 
+NOT_ENABLED = "stackops: no pgBackRest configuration"  # what the info helper prints when PITR is off
 REPO_MOUNT = "/var/lib/pgbackrest"      # the repository volume's mount point in the database container
 CONF = f"{REPO_MOUNT}/conf/pgbackrest.conf"
 WORK = ".pitr"                          # inside PGDATA: side, kept and failed clusters, the swap marker
@@ -196,14 +197,17 @@ class Live:
     def pgbackrest(self, *args: str, what: str, timeout: float | None = None, **options: str) -> str:
         """pgBackRest in the database container; with the database stopped (crashed) in a helper container
         with the same volumes (only for what needs no running server: info, restore)."""
-        argv = ["pgbackrest", f"--config={CONF}", f"--stanza={self.stanza}",
-                *[f"--{k.replace('_', '-')}={v}" for k, v in options.items()], *args]
+        argv = self._argv(*args, **options)
         if not self.running:
             return self.helper('exec "$@"', *argv, timeout=timeout or 600, what=what)
         try:
             return run(self.exec_cmd(argv), timeout=timeout).stdout.decode(errors="replace")
         except CommandFailed as exc:
             raise pgbackrest_error(exc, what) from None
+
+    def _argv(self, *args: str, **options: str) -> list[str]:
+        return ["pgbackrest", f"--config={CONF}", f"--stanza={self.stanza}",
+                *[f"--{k.replace('_', '-')}={v}" for k, v in options.items()], *args]
 
     def has_pgbackrest(self) -> bool:
         return run(self.exec_cmd(["pgbackrest", "version"]), check=False).returncode == 0
@@ -215,10 +219,18 @@ class Live:
         return run(self.exec_cmd(["test", "-s", CONF]), check=False).returncode == 0
 
     def info(self) -> PitrInfo:
-        if not self.enabled():
-            raise PitrError(f"point-in-time recovery is not enabled for {self.stanza}: run "
-                            f"`invoke pitr.enable --env {self.stanza}`")
-        data = json.loads(self.pgbackrest("info", what="pgbackrest info", output="json") or "[]")
+        off = PitrError(f"point-in-time recovery is not enabled for {self.stanza}: run "
+                        f"`invoke pitr.enable --env {self.stanza}`")
+        if self.running:
+            if not self.enabled():
+                raise off
+            out = self.pgbackrest("info", what="pgbackrest info", output="json")
+        else:  # one helper container reads both: is the configuration there, and pgBackRest's info
+            out = self.helper('if ! test -s "$1"; then echo "$2"; exit 0; fi; shift 2; exec "$@"', CONF, NOT_ENABLED,
+                              *self._argv("info", output="json"), what="pgbackrest info")
+            if out.strip() == NOT_ENABLED:
+                raise off
+        data = json.loads(out or "[]")
         return parse_info(self.stanza, data, f"volume {self.repo_volume} ({REPO_MOUNT}/repo)")
 
     def shell(self, script: str, *args: str) -> str:

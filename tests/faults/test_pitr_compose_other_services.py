@@ -55,6 +55,11 @@ def test_pitr_restore_with_the_database_stopped_restores_the_end_of_the_archive(
     env, compose = _project()
     _up_database_only(compose)
     try:
+        compose("stop", "database")  # before pitr.enable: the helper finds no configuration, one line, exit 22
+        off = _invoke(env, "pitr.info", "--env", "prod")
+        assert off.returncode == 22 and "not enabled" in off.stderr, off.stdout + off.stderr
+        assert len(off.stderr.strip().splitlines()) == 1, off.stderr
+        compose("up", "-d", "--wait", "database")
         assert _invoke(env, "pitr.enable", "--env", "prod", "--yes").returncode == 0
         _sql(env, "CREATE TABLE it_pitr_crash (id int PRIMARY KEY); "
                   "INSERT INTO it_pitr_crash SELECT generate_series(1, 40)")
