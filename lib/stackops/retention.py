@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from stackops import backupset
 from stackops.backupset import COVERS, KINDS
 from stackops.config import Retention, Settings
-from stackops.errors import BackupError
+from stackops.errors import BackupCorrupt, BackupError
 from stackops.files import fsync_dir
 from stackops.lock import env_lock
 from stackops.report import Plan, Reporter
@@ -70,6 +70,7 @@ class Decision:
     keep: bool
     reasons: tuple[str, ...]  # never empty; human-readable
     covers: tuple[str, ...] = ()  # what the backup holds (DIMENSIONS order), for the prune plan
+    superseded_by: tuple[str, ...] = ()  # obsolete: the ids of the backups that took its slots (stand in for it)
 
 
 def _aware(value: datetime, what: str) -> datetime:
@@ -202,15 +203,18 @@ def plan(backups: Sequence[BackupRecord], now: datetime, policy: Retention) -> l
             decisions.append(Decision(b, True, tuple(keep), covers))
             continue
         drop: list[str] = []
+        by: dict[str, None] = {}
         if in_daily:
             drop.append(f"superseded in daily slot {day.isoformat()} by {_superseded(b, daily_owner, day)}")
+            by |= dict.fromkeys(daily_owner[(d, day)].id for d in b.covers)
         if in_weekly:
             drop.append(f"superseded in weekly slot {_iso_week(day)} by {_superseded(b, weekly_owner, monday)}")
+            by |= dict.fromkeys(weekly_owner[(d, monday)].id for d in b.covers)
         if not drop:
             drop.append(
                 f"outside retention: older than {policy.daily} daily and {policy.weekly} weekly slots"
             )
-        decisions.append(Decision(b, False, tuple(drop), covers))
+        decisions.append(Decision(b, False, tuple(drop), covers, tuple(by)))
     return decisions
 
 
@@ -226,10 +230,13 @@ def _records(sets: Sequence[backupset.BackupSet]) -> list[BackupRecord]:
     ]
 
 
-def decide(settings: Settings, now: datetime | None = None) -> list[Decision]:
-    """The retention decision for every complete backup of the environment (nothing is deleted)."""
+def decide(settings: Settings, now: datetime | None = None, *,
+           damaged: frozenset[str] = frozenset()) -> list[Decision]:
+    """The retention decision for every complete backup of the environment (nothing is deleted);
+    ``damaged``: sets found damaged by a full check, which take no slot (nor are they judged)."""
     try:
-        return plan(_records(backupset.list_backups(settings)), now or datetime.now(UTC), settings.retention)
+        sets = [b for b in backupset.list_backups(settings) if b.id not in damaged]
+        return plan(_records(sets), now or datetime.now(UTC), settings.retention)
     except ValueError as exc:
         raise BackupError(f"cannot apply retention in {settings.env.backups_dir}: {exc}") from exc
 
@@ -305,10 +312,28 @@ def prune(settings: Settings, *, report: Reporter, dry_run: bool = False, now: d
     if not folder.is_dir():
         return []
     with env_lock(folder, "prune"):
-        decisions, doomed, _ = guarded(decide(settings, now), copies() if copies else None,
-                                       include_unpushed)
         sets = {b.id: b for b in backupset.list_backups(settings)}
-        doomed = [d for d in doomed if confirmed is None or d.backup.id in confirmed]
+        other = copies() if copies else None
+        # A set stands in for the ones it supersedes only when its bytes are whole: the listing checks sizes
+        # alone, so each stand-in is hashed first. A damaged one takes no slot, and the decision is taken again
+        # (the older set it would have replaced keeps the slot).
+        damaged: dict[str, str] = {}
+        whole: set[str] = set()
+        while True:
+            decisions, doomed, _ = guarded(decide(settings, now, damaged=frozenset(damaged)), other,
+                                           include_unpushed)
+            doomed = [d for d in doomed if confirmed is None or d.backup.id in confirmed]
+            unchecked = sorted({i for d in doomed for i in d.superseded_by} - whole - set(damaged))
+            if not unchecked:
+                break
+            for i in unchecked:
+                try:
+                    backupset.check_files(sets[i])
+                    whole.add(i)
+                except BackupCorrupt as exc:
+                    damaged[i] = str(exc)
+                    report.warn(f"{i} is damaged ({str(exc).split(': ', 1)[-1]}): it stands in for no older "
+                                "backup, so those are kept; `invoke backup.list` shows it")
         total, freed, started = sum(sets[d.backup.id].size for d in doomed), 0, time.monotonic()
         for d in doomed:
             if dry_run:

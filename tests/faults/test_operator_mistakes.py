@@ -50,6 +50,30 @@ def test_a_truncated_newest_backup_never_makes_prune_delete_the_good_ones(fresh:
     assert fingerprint(fresh).rows == before.rows  # `latest` is the intact one
 
 
+def test_a_bit_flip_in_the_newest_backup_never_makes_prune_delete_the_intact_one_it_supersedes(fresh: Fresh) -> None:
+    """Same size, one byte flipped: the listing (sizes only) calls it whole, and it holds the day's slot. Before,
+    prune deleted the older, intact set of that day, leaving only the damaged one (whose verification.json
+    still said "verified"). Now each set that stands in for a deleted one is hashed first."""
+    populate(fresh)
+    older, newer = (create_backup(fresh.settings, fresh.runtime, kind="db", report=NullReporter()) for _ in range(2))
+    verify_backup(fresh.settings, fresh.runtime, newer.id, report=NullReporter())
+    dump = newer.file("database")
+    assert dump is not None
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+    assert {b.id for b in list_backups(fresh.settings)} == {older.id, newer.id}  # sizes match: listed as whole
+    proc = run_cli(fresh.settings, "backup.prune", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{newer.id} is damaged" in proc.stderr, proc.stderr
+    assert older.path.is_dir() and newer.path.is_dir()  # the intact one kept; the damaged one shown, not judged
+    before = fingerprint(fresh)
+    with fresh.connect() as conn:
+        conn.execute("TRUNCATE users CASCADE")
+    restore_database(fresh.settings, fresh.runtime, older.id, report=NullReporter())
+    assert fingerprint(fresh).rows == before.rows
+
+
 def test_a_link_out_of_the_uploads_is_left_out_so_a_verified_backup_restores(fresh: Fresh, tmp_path: Path) -> None:
     populate(fresh)
     up = fresh.settings.env.uploads_dir
