@@ -321,16 +321,25 @@ def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) 
     env = settings.env
     where = "the end of the archived WAL" if target is None else target.isoformat()
     check_target(found, target, env.name)
+    stopped = repo.rt.postgres_pid() is None
+    warnings = [] if target is not None else \
+        ["no --to: everything archived is replayed (recovery after losing the host)"]
+    if stopped:  # a crash: what the cluster committed after its last archived segment is only in its own pg_wal
+        warnings.append(f"the live {env.name} cluster is not running: WAL it did not archive before it stopped is not "
+                        "in the repository, so transactions committed after it are not restored (they stay in the "
+                        f"kept folder); if its data folder is intact, `invoke env.up --env {env.name}` recovers "
+                        "every committed transaction instead")
     return Plan(
         f"point-in-time restore of {env.name} to {where}", env.name, env.protected,
-        ["archive the live cluster's current WAL (pgbackrest check)",
+        ["the live cluster is stopped: nothing to archive" if stopped else
+         "archive the live cluster's current WAL (pgbackrest check)",
          f"restore the newest backup before the target into a new data folder beside the live one "
          f"({repo.rt.pg_home}/{SIDE_PREFIX}<time>) and replay WAL to {where} on its own port",
          "check it: connect, row counts, migrate.check's checks (none may fail that pass on the live cluster)",
          f"stop the live cluster and keep its data folder as {repo.rt.pg_home}/{KEPT_PREFIX}<time>",
          "start the restored cluster in its place (same port), archiving on; take a new full pgBackRest backup"],
         [f"the live {env.name} cluster's current state (kept aside as {KEPT_PREFIX}<time>)"],
-        [] if target is not None else ["no --to: everything archived is replayed (recovery after losing the host)"],
+        warnings,
     )
 
 

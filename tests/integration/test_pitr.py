@@ -128,6 +128,12 @@ def test_measured_rpo_after_a_crash_is_within_archive_timeout(cluster: tuple[Set
     crashed = rt.pg_home / "data-lost"
     while rt.postgres_pid() is not None:
         time.sleep(0.05)
+    # the plan says what a restore from the repository loses against a plain restart (crash recovery)
+    plan = pitr.restore_plan(settings, rt, None)
+    assert any("is not running" in w and "env.up" in w for w in plan.warnings), plan.warnings
+    empty = invoke_cli("pitr.restore", "--to", "", "--env", "test", "--dry-run", env=env_for(settings))
+    assert empty.returncode == 2 and "--to is empty" in empty.stderr, empty.stderr  # an unset variable: refused
+    assert len(empty.stderr.strip().splitlines()) == 1, empty.stderr
     os.rename(rt.pg_data, crashed)
     started = time.monotonic()
     side_dir, side, _ = pitr.restore_beside(settings, rt, None, report=NullReporter())

@@ -107,13 +107,17 @@ def info(c, env=None, json=False):
 def restore(c, to=None, env=None, yes=False, dry_run=False, json=False):
     """Restore the cluster as it was at --to into a new cluster beside the live one, check it, swap it in
     (the live data folder is kept aside)."""
+    from stackops.errors import UsageError
     from stackops.pitr import parse_target
 
+    if to is not None and not to.strip():  # an unset shell variable: never read as "the end of the archive"
+        raise UsageError("--to is empty: give a time (e.g. --to \"2026-11-30 14:03:00\"), or leave --to out to "
+                         "replay everything archived")
     s = settings(c, env)
     report = reporter()
     rt = runtime(s, report)
     impl = _impl(rt)
-    target = parse_target(to) if to else None
+    target = parse_target(to) if to is not None else None
     if not proceed(impl.restore_plan(s, rt, target), yes=yes, dry_run=dry_run, as_json=json):
         return
     result = impl.restore(s, rt, target, report=report)
