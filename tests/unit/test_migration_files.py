@@ -140,6 +140,16 @@ def test_discover_refuses_duplicate_versions_and_stray_sql(tmp_path: Path) -> No
         discover(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["20261130180000_upper.SQL", "20261130180000_space.sql ", "20261130_b.sql.bak"])
+def test_discover_refuses_a_migration_name_with_another_suffix_instead_of_skipping_it(tmp_path: Path,
+                                                                                   name: str) -> None:
+    """Before, "*.SQL" or "*.sql " was skipped: status, check and predeploy said nothing was pending."""
+    write(tmp_path, "20240618_a.sql", "-- migrate:up\nSELECT 1;\n")
+    write(tmp_path, name, "-- migrate:up\nSELECT 1;\n")
+    with pytest.raises(MigrationError, match="named like a migration but does not end in exactly"):
+        discover(tmp_path)
+
+
 def test_project_schema_has_several_ordered_reversible_migrations() -> None:
     files = discover(ROOT / "migrations")
     assert len(files) >= 4

@@ -28,6 +28,7 @@ from stackops.migrate import MigrationError, MigrationNameError
 
 FILE_RE = re.compile(r"^(?P<version>\d{14}|\d{8})_(?P<name>[a-z0-9_]+)\.sql$")
 NAME_RE = re.compile(r"^[a-z0-9_]{1,80}$")
+LOOKS_LIKE = re.compile(r"^\d{8}(\d{6})?_.*\.sql", re.IGNORECASE)  # "...sql" in any case, anything after it
 _MARKER = re.compile(r"^--\s*migrate:(?P<kind>[a-z-]+)(?P<opts>.*)$", re.IGNORECASE)
 _TX_CONTROL = {"BEGIN", "COMMIT", "ROLLBACK", "START", "END", "ABORT"}
 _IDENT_CHARS = re.compile(r"[A-Za-z0-9_$]")
@@ -372,8 +373,14 @@ def discover(directory: Path) -> list[MigrationFile]:
             f"migrations folder {directory} does not exist: create a migration with "
             "`invoke migrate.create NAME` or set stackops.migrations.dir"
         )
-    found = [parse(p) for p in sorted(directory.iterdir())
-             if p.suffix == ".sql" and p.is_file() and not p.name.startswith(".")]
+    entries = sorted(directory.iterdir())
+    for p in entries:  # a migration's name with another suffix (".SQL", ".sql ", ".sql.bak"): never run, so refused
+        if LOOKS_LIKE.match(p.name) and p.suffix != ".sql" and p.is_file():
+            raise MigrationError(
+                f"{p.name} in {directory} is named like a migration but does not end in exactly \".sql\", so it "
+                "would never run: rename it to VERSION_name.sql, or move it out of the migrations folder"
+            )
+    found = [parse(p) for p in entries if p.suffix == ".sql" and p.is_file() and not p.name.startswith(".")]
     found.sort(key=lambda f: f.sort_key)
     seen: dict[str, MigrationFile] = {}
     for mf in found:
