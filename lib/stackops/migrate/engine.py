@@ -347,9 +347,12 @@ def apply(settings: Settings, runtime: Runtime, *, path: str | None = None, stri
     verified full backup); it stands in for the pre-migration backup, which is then not taken."""
     files = discover(settings.migrations.directory)
     with connect(runtime) as conn:
-        st = compute_status(files, read_history(conn))
+        holder = lock_holder(conn)  # before the history: an apply that starts in between holds the lock
+        st = compute_status(files, read_history(conn), holder)
         server = conn.info.server_version
-    _refuse_unresolved(st, under_lock=False)
+    # a "running" row with nobody holding the migration lock was interrupted (kill -9, a crash): refused now,
+    # as under the lock; while another apply holds it, this one waits for the lock and decides again there
+    _refuse_unresolved(st, under_lock=holder is None)
     for e in st.having("missing"):
         report.warn(f"{e.version}_{e.name}.sql was applied (batch {e.batch}) but is not in the migrations folder")
     targets, nothing = _select(files, st, path, settings)
