@@ -33,4 +33,5 @@ def test_undone_no_transaction_batch_names_the_changed_tables_and_the_kept_copy(
     kept = next(n for n in databases(fresh) if "_pre_restore_" in n)
     assert "public.items (3 rows now, 2 in the backup)" in message and kept in message
     assert f"invoke restore.drop-previous {kept}" in message
+    assert "row counts only: an UPDATE" in message  # an update made meanwhile is not seen: it says so
     assert fingerprint(fresh) == before

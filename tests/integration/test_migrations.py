@@ -129,6 +129,10 @@ def test_batch_of_three_with_third_failing_equals_pre_batch_state(fresh: Fresh, 
     msg = str(err.value)
     assert "20240104000000_fails.sql failed at line 3" in msg
     assert "reverted 20240103000000_rename.sql, 20240102000000_tags.sql with their down sections" in msg
+    # a down section puts the schema back, not rows an up section dropped: the message never claims more,
+    # and names the backup that holds them
+    assert "as before the batch, but rows an up section deleted or rewrote" in msg, msg
+    assert "the pre-migration backup pre_migration_" in msg and "invoke restore.db pre_migration_" in msg, msg
     assert snapshot(fresh) == before
 
 

@@ -446,13 +446,15 @@ def _apply_locked(settings: Settings, runtime: Runtime, files: Sequence[Migratio
             report.info(f"applied {mf.filename} in {ms} ms" + ("" if mf.transactional else " (no transaction)"))
         if b.failure is not None:
             report.warn(f"migration failed: {b.failure}")
-            b.undo, b.restore_reason = _undo_with_downs(conn, done, b.failure, created_history, report)
+            b.undo, b.restore_reason = _undo_with_downs(conn, done, b.failure, created_history, report, b.backup_id)
     return b
 
 
 def _undo_with_downs(conn: Any, done: Sequence[MigrationFile], failure: _StepFailed, created_history: bool,
-                     report: Reporter) -> tuple[str, str | None]:
-    """Undo what the batch applied with down sections; (what happened, why a restore is needed)."""
+                     report: Reporter, backup_id: str | None = None) -> tuple[str, str | None]:
+    """Undo what the batch applied with down sections; (what happened, why a restore is needed). A down
+    section puts the schema back, not the rows an up section deleted or rewrote: the message says where
+    those are (the pre-migration backup)."""
     if not failure.mf.transactional:
         return "", f"{failure.mf.filename} ran outside a transaction"
     missing = [mf for mf in done if mf.down is None]
@@ -472,8 +474,11 @@ def _undo_with_downs(conn: Any, done: Sequence[MigrationFile], failure: _StepFai
     except _StepFailed as exc:
         report.warn(f"down section failed: {exc}")
         return "", f"the down section failed at {exc.where}: {exc.reason}"
-    return (f"batch rolled back: reverted {_names(list(reversed(done)))} with their down sections, "
-            "the database is as before the batch"), None
+    where = (f"the pre-migration backup {backup_id} (`invoke restore.db {backup_id}` returns to it; retention keeps "
+             "it for stackops.retention.pre_migration_days)" if backup_id else "no pre-migration backup")
+    return (f"batch rolled back: reverted {_names(list(reversed(done)))} with their down sections: the schema is as "
+            "before the batch, but rows an up section deleted or rewrote (a dropped column, an UPDATE) are not "
+            f"brought back by a down section; they are in {where}"), None
 
 
 def _undo_with_restore(settings: Settings, runtime: Runtime, backup_id: str, reason: str, report: Reporter) -> str:
@@ -497,10 +502,12 @@ def _changed_note(settings: Settings, runtime: Runtime, backup_id: str, kept: st
         changed = changed_since_backup(runtime, kept, find_backup(settings, backup_id).manifest["row_counts"])
     except (StackopsError, OSError) as exc:
         return f"the replaced database is kept as {kept} (comparing it with the backup failed: {exc})"
+    counts_only = ("row counts only: an UPDATE, or a DELETE and an INSERT, made meanwhile is not seen; compare "
+                   f"with {kept} before dropping it")
     if not changed:
-        return f"no table's row count changed since the backup; the replaced database is kept as {kept}"
+        return f"no table's row count changed since the backup ({counts_only}); the replaced database is kept as {kept}"
     return (f"tables changed since the backup (rows written meanwhile are only in the kept copy {kept}): "
-            f"{', '.join(changed)}; copy what is needed from {kept}, then drop it with "
+            f"{', '.join(changed)} ({counts_only}); copy what is needed from {kept}, then drop it with "
             f"`invoke restore.drop-previous {kept}`")
 
 
