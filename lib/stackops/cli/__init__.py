@@ -163,6 +163,8 @@ def proceed(plan: Plan, *, yes: bool, dry_run: bool, as_json: bool = False) -> b
         else:
             print(f"dry run: {plan.action}" if not plan.nothing_to_do else f"dry run: {plan.nothing_to_do}")
             print("\n".join(f"would {step}" for step in plan.steps))
+            for what in [] if plan.nothing_to_do else plan.destroys:
+                print(f"would delete or replace: {what}")
             for warning in plan.warnings:
                 print(f"warning: {warning}")
         return False

@@ -100,10 +100,20 @@ def down(c, env=None, remove_data=False, yes=False, dry_run=False):
                 "it in production; stop it without --remove-data (data is kept)"
             )
         data = [f"{x.name}: {x.data_dir}" for x in rt.status() if x.name != "uploads" and x.data_dir != "-"]
-        from stackops.report import Plan
+        from stackops.files import dir_size
+        from stackops.report import Plan, human_bytes
+        from stackops.runtime.local import LocalRuntime
 
+        beside = rt.beside_data() if isinstance(rt, LocalRuntime) else []
+        data += [f"{p} ({human_bytes(dir_size(p))})" for p in beside]
+        kept = [p.name for p in beside if p.name.startswith("data_pre_")]
         plan = Plan(f"stopping {s.env.name} and removing its data", s.env.name, s.env.protected,
-                    ["stop every service", "delete the PostgreSQL and Redis data"], data or ["no data found"])
+                    ["stop every service", "delete the PostgreSQL and Redis data"
+                     + (f" and the {len(beside)} cluster folder(s) beside it" if beside else "")],
+                    data or ["no data found"],
+                    [f"{', '.join(kept)}: kept by point-in-time restores, the only copy of the state before each; "
+                     "deleted with the data (copy what is needed first)"] if kept else [],
+                    always_confirm=bool(kept))
         if not proceed(plan, yes=yes, dry_run=dry_run):
             return
     elif dry_run:

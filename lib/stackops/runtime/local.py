@@ -354,11 +354,24 @@ class LocalRuntime(WithoutImages, Runtime):
             )
         self._redis_stop(report)
         self._pg_stop(report)
+        for folder in self.beside_data():  # a killed point-in-time restore's side cluster runs on its own port
+            pid = _read_pid(folder / "postmaster.pid")
+            if pid is not None and _pid_alive(pid, "postgres"):
+                report.step(f"stopping the PostgreSQL cluster in {folder} (left by an interrupted restore)")
+                run(self._as_server([str(self.bindir / "pg_ctl"), "stop", "-m", "fast", "-w", "-t", "60",
+                                     "-D", str(folder)]), check=False)
         if remove_data:
             report.step(f"removing the {self.env.name} PostgreSQL and Redis data")
             shutil.rmtree(self.pg_home, ignore_errors=True)
             shutil.rmtree(self.redis_dir, ignore_errors=True)
             (self.state / LOCAL_MARKER).unlink(missing_ok=True)
+
+    def beside_data(self) -> list[Path]:
+        """Clusters beside the live one (kept by point-in-time restores, or a killed one's side cluster):
+        they go with the data on ``down(remove_data=True)``."""
+        if not self.pg_home.is_dir():
+            return []
+        return sorted(p for p in self.pg_home.iterdir() if p.is_dir() and p != self.pg_data)
 
     @staticmethod
     def _kept(folder: Path) -> str:
