@@ -12,6 +12,8 @@ import pwd
 from pathlib import Path
 from typing import Any
 
+from stackops.report import human_bytes
+
 CHUNK = 1 << 20
 
 
@@ -49,6 +51,15 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, owner: str | Non
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def free_space(folder: Path) -> str:
+    """``<free> free of <size>`` of the filesystem holding ``folder`` (for a full-disk message)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{human_bytes(st.f_bavail * st.f_frsize)} free of {human_bytes(st.f_blocks * st.f_frsize)}"
 
 
 def canonical_json(data: Any) -> bytes:
