@@ -36,11 +36,11 @@ from stackops import __version__, backupset, pg
 from stackops.backupset import BackupSet, compressor
 from stackops.config import Settings
 from stackops.errors import BackupError, CommandFailed, StorageFull
-from stackops.files import CHUNK, sha256_file
+from stackops.files import CHUNK, free_space, sha256_file
 from stackops.journal import OURS
 from stackops.lock import env_lock
 from stackops.proc import Cmd, pipeline, spawn
-from stackops.report import Reporter, human_bytes
+from stackops.report import Reporter
 from stackops.runtime.base import Runtime
 
 
@@ -247,14 +247,6 @@ NO_SPACE = "No space left on device"
 LOCK_TIMEOUT_SQLSTATE = "55P03"  # lock_not_available: a lock_timeout expired
 
 
-def _free_space(folder: Path) -> str:
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return "free space unknown"
-    return f"{human_bytes(st.f_bavail * st.f_frsize)} free of {human_bytes(st.f_blocks * st.f_frsize)}"
-
-
 def _tool_line(exc: CommandFailed) -> str:
     """The line of a tool's error output that says what went wrong (pg_dump's first ``error:`` line)."""
     lines = [ln.strip() for ln in exc.stderr.splitlines() if ln.strip()]
@@ -274,13 +266,13 @@ def _one_line(settings: Settings) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise StorageFull(f"the backups folder's filesystem is full ({folder}): {_free_space(folder)}; "
+            raise StorageFull(f"the backups folder's filesystem is full ({folder}): {free_space(folder)}; "
                               "nothing was kept") from None
         raise BackupError(f"the backup could not write {exc.filename or folder}: {exc.strerror or exc}; "
                           "nothing was kept") from None
     except CommandFailed as exc:
         if NO_SPACE in exc.stderr:
-            raise StorageFull(f"the backups folder's filesystem is full ({folder}): {_free_space(folder)}; "
+            raise StorageFull(f"the backups folder's filesystem is full ({folder}): {free_space(folder)}; "
                               "nothing was kept") from None
         # pg_dump --lock-wait-timeout runs its LOCK TABLE under that statement_timeout
         if "could not obtain lock" in exc.stderr or "statement timeout" in exc.stderr:

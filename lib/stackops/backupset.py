@@ -34,7 +34,7 @@ from typing import Any
 
 from stackops.config import Settings
 from stackops.errors import BackupCorrupt, BackupError, BackupNotFound, PrerequisiteError, last_line
-from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file
+from stackops.files import CHUNK, atomic_write, canonical_json, fsync_dir, private_dir, sha256_file, stale_atomic_tmp
 from stackops.proc import Cmd, spawn
 from stackops.report import Check, Reporter
 
@@ -612,12 +612,19 @@ def new_id(folder: Path, kind: str, now: datetime) -> str:
 
 
 def remove_stale_tmp(folder: Path, report: Reporter) -> None:
-    """Folders of backups that never finished (crash, kill -9). Call it holding the environment's lock,
-    so that none of them is in progress."""
+    """Folders of backups that never finished (crash, kill -9), and the temporary files of atomic writes
+    (a restore's journal, a verification record, the listing cache) whose writer was killed, in the
+    backups folder and in its sets. Call it holding the environment's lock, so that none of the folders
+    is in progress; a temporary file is removed only when its writer's process is gone."""
     for child in folder.iterdir():
         if child.name.startswith(TMP_PREFIX) and child.is_dir() and not child.is_symlink():
             report.warn(f"removing unfinished backup folder {child.name} left by an interrupted run")
             shutil.rmtree(child, ignore_errors=True)
+    sets = [c for c in folder.iterdir() if not c.name.startswith(".") and c.is_dir() and not c.is_symlink()]
+    for where in (folder, *sets):
+        for tmp in stale_atomic_tmp(where):
+            report.warn(f"removing {tmp.relative_to(folder)}: a temporary file whose writer was killed")
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager

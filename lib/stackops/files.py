@@ -9,8 +9,12 @@ import hashlib
 import json
 import os
 import pwd
+import re
+import time
 from pathlib import Path
 from typing import Any
+
+from stackops.report import human_bytes
 
 CHUNK = 1 << 20
 
@@ -27,6 +31,46 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
     return path
+
+
+ATOMIC_TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp")  # atomic_write's temporary file of ``name``
+STALE_AFTER = 60.0  # seconds: atomic_write holds its temporary file for about one fsync
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts; so does an unknown answer)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def stale_atomic_tmp(folder: Path, now: float | None = None) -> list[Path]:
+    """Temporary files ``atomic_write`` left in ``folder`` when its writer was killed: regular files (never
+    links) named ``.<name>.<pid>.tmp`` whose writer ``pid`` is gone and untouched for ``STALE_AFTER``
+    seconds (a writer in another pid namespace, a container, is not taken for dead while it writes)."""
+    now = time.time() if now is None else now
+    out = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for e in entries:
+        m = ATOMIC_TMP.fullmatch(e.name)
+        if m is None or not e.is_file(follow_symlinks=False):
+            continue
+        try:
+            old = now - e.stat(follow_symlinks=False).st_mtime > STALE_AFTER
+        except OSError:
+            continue
+        if old and not pid_alive(int(m["pid"])):
+            out.append(folder / e.name)
+    return sorted(out)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, owner: str | None = None) -> None:
@@ -49,6 +93,15 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, owner: str | Non
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def free_space(folder: Path) -> str:
+    """``<free> free of <size>`` of the filesystem holding ``folder`` (for a full-disk message)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{human_bytes(st.f_bavail * st.f_frsize)} free of {human_bytes(st.f_blocks * st.f_frsize)}"
 
 
 def canonical_json(data: Any) -> bytes:

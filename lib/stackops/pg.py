@@ -81,6 +81,22 @@ def databases_like(runtime: Runtime, prefix: str) -> list[tuple[str, int, bool]]
     return [(str(n), int(s), bool(a)) for n, s, a in rows]
 
 
+def database_names(runtime: Runtime) -> list[str]:
+    """The name of every database on the server (sorted)."""
+    with admin(runtime) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1").fetchall()]
+
+
+def database_sizes(runtime: Runtime, names: Sequence[str]) -> dict[str, int]:
+    """Size in bytes of each of ``names`` that exists (one query)."""
+    if not names:
+        return {}
+    with admin(runtime) as conn:
+        rows = conn.execute("SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname = ANY(%s)",
+                            (list(names),)).fetchall()
+    return {str(n): int(s) for n, s in rows}
+
+
 def create_database(runtime: Runtime, name: str) -> None:
     with admin(runtime) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(name)))

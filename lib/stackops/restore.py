@@ -90,9 +90,27 @@ def kept_prefix(db: str) -> str:
     return f"{db[:NAME_ROOM]}{PRE_RESTORE}"
 
 
-def side_prefixes(db: str) -> tuple[str, ...]:
-    """Prefixes of the scratch databases a restore or verify loads into (left behind only when killed)."""
-    return tuple(f"{db[:NAME_ROOM]}_{tag}_" for tag in SIDE_TAGS)
+def _named(db: str, tags: tuple[str, ...]) -> re.Pattern[str]:
+    """Exactly the names ``side_name(db, tag)`` makes for one of ``tags`` (``_free_name``'s too)."""
+    return re.compile(f"{re.escape(db[:NAME_ROOM])}_(?:{'|'.join(map(re.escape, tags))})_[0-9]{{14}}_[0-9a-f]{{4}}")
+
+
+def kept_names(db: str) -> re.Pattern[str]:
+    """Names a restore keeps the previous live database under: ``<db[:30]>_pre_restore_<time>_<4 hex>``."""
+    return _named(db, (PRE_RESTORE.strip("_"),))
+
+
+def side_names(db: str) -> re.Pattern[str]:
+    """Names of the scratch databases a restore or verify loads into (left behind only when killed)."""
+    return _named(db, SIDE_TAGS)
+
+
+def sharing_names(db: str, names: list[str]) -> list[str]:
+    """Other databases whose names start with the same ``NAME_ROOM`` characters as ``db`` (not copies
+    themselves): their restores and verifies make copies with the very same names as ``db``'s."""
+    ours = (kept_names(db), side_names(db))
+    return [n for n in names if n != db and n[:NAME_ROOM] == db[:NAME_ROOM]
+            and not any(p.fullmatch(n) for p in ours)]
 
 
 def is_plain_dump(ref: str) -> bool:
@@ -660,18 +678,30 @@ def _operation_running(settings: Settings) -> bool:
 
 def previous_copies(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
     """Databases and uploads folders kept by earlier restores (newest first), then the scratch copies
-    that a killed restore or verify left (kind ``interrupted``; ``in use`` while an operation runs)."""
+    that a killed restore or verify left (kind ``interrupted``; ``in use`` while an operation runs).
+
+    Only names stackops makes are listed: the whole name must be what ``side_name`` builds, never just
+    its beginning (``<db>_verify_results`` is someone's database). When another database shares the
+    first ``NAME_ROOM`` characters of this one's name, its copies are named alike: scratch copies are
+    then of kind ``unclear`` (never dropped by ``restore.clean``), and every copy names the other
+    databases under ``shared_with``."""
     live = settings.env.db_name
     try:
-        out: list[dict[str, Any]] = [{"kind": "database", "name": n, "size": s}
-                                     for n, s, _ in pg.databases_like(runtime, kept_prefix(live))]
-        running = _operation_running(settings)
-        for prefix in side_prefixes(live):
-            out += [{"kind": "in use" if running else "interrupted", "name": n, "size": s}
-                    for n, s, _ in pg.databases_like(runtime, prefix)]
+        names = pg.database_names(runtime)
+        kept = [n for n in names if kept_names(live).fullmatch(n)]
+        side = [n for n in names if side_names(live).fullmatch(n)]
+        sizes = pg.database_sizes(runtime, kept + side)
     except pg.Error as exc:
         raise DatabaseUnavailable(f"the database server failed while listing copies ({pg.first_line(exc)})") \
             from None
+    running = _operation_running(settings)
+    shared = sharing_names(live, names)
+    extra: dict[str, Any] = {"shared_with": shared} if shared else {}
+    side_kind = "unclear" if shared else "in use" if running else "interrupted"
+    out: list[dict[str, Any]] = [{"kind": "database", "name": n, "size": sizes.get(n, 0), **extra}
+                                 for n in sorted(kept, reverse=True) if n in sizes]
+    out += [{"kind": side_kind, "name": n, "size": sizes.get(n, 0), **extra}
+            for n in sorted(side, reverse=True) if n in sizes]
     return out + _upload_copies(settings, running)
 
 
@@ -704,7 +734,11 @@ def drop_previous_plan(settings: Settings, runtime: Runtime, name: str) -> Plan:
         raise LockBusy(f"{name} belongs to a restore or verify that is running now; nothing was touched")
     env = settings.env
     what = ("a scratch copy a killed restore or verify left" if known[name]["kind"].startswith("interrupted")
+            else "a scratch copy a restore or verify made" if known[name]["kind"] == "unclear"
             else "a copy an earlier restore kept")
+    if known[name].get("shared_with"):
+        what += (f" of {env.db_name} or of {pg.listed(known[name]['shared_with'])} (their names share the first "
+                 f"{NAME_ROOM} characters): check it is not theirs, nor in use")
     return Plan(f"removing {name}", env.name, env.protected, [f"remove the {known[name]['kind']} {name}"],
                 [f"{name}: {what} (it cannot be brought back)"])
 
@@ -728,12 +762,18 @@ def clean_plan(settings: Settings, runtime: Runtime) -> tuple[Plan, list[str]]:
     names = [c["name"] for c in copies if c["kind"].startswith("interrupted")]
     env = settings.env
     busy = [c["name"] for c in copies if c["kind"] == "in use"]
+    unclear = [c for c in copies if c["kind"] == "unclear"]
     nothing = "" if names else ("nothing to clean: no scratch copy left by an interrupted restore or verify" +
                                 (f" ({len(busy)} in use by the operation running now)" if busy else ""))
+    left = ([f"{len(unclear)} scratch database(s) named like {env.db_name}'s copies may belong to "
+             f"{pg.listed(unclear[0]['shared_with'])} (same first {NAME_ROOM} characters): not dropped; see "
+             "`invoke restore.previous` and drop one by name with `invoke restore.drop-previous`"] if unclear else [])
+    if nothing and left:
+        nothing += f"; {left[0]}"
     return Plan(f"dropping {len(names)} scratch database(s) left by interrupted restores or verifies", env.name,
                 env.protected, [f"drop {n}" for n in names],
                 [f"{n}: a half-loaded scratch copy of a backup (the backup itself is kept)" for n in names],
-                nothing_to_do=nothing), names
+                left, nothing_to_do=nothing), names
 
 
 def clean(settings: Settings, runtime: Runtime, names: list[str], report: Reporter) -> None:

@@ -3,15 +3,18 @@ run amcheck on its indexes, drop it, and record the result beside the backup."""
 
 from __future__ import annotations
 
+import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from stackops import backupset, pg
 from stackops.config import Settings
-from stackops.errors import BackupCorrupt, DatabaseUnavailable, ServiceError, StackopsError
+from stackops.errors import BackupCorrupt, DatabaseUnavailable, ServiceError, StackopsError, StorageFull
+from stackops.files import free_space
 from stackops.lock import env_lock
 from stackops.report import Reporter
 from stackops.restore import compare_counts, load_archive, preflight, side_name
@@ -29,6 +32,22 @@ class VerifyResult:
 
 def _record(folder_id: str, ok: bool, seconds: float, detail: str) -> VerifyResult:
     return VerifyResult(folder_id, ok, datetime.now(UTC).isoformat(), seconds, detail)
+
+
+def _save(folder: Path, result: VerifyResult) -> None:
+    """Record ``result`` beside the backup; a failure to write it is one line that says what the
+    verification found, that it was not recorded, and what to do (nothing else was touched)."""
+    try:
+        backupset.write_verification(folder, asdict(result))
+    except OSError as exc:
+        found = "passed" if result.ok else f"FAILED ({result.detail})"
+        again = f"then run `invoke backup.verify --backup {folder.name}` again to record it"
+        if exc.errno == errno.ENOSPC:
+            raise StorageFull(f"the verification of {folder.name} {found} but could not be recorded: the backups "
+                              f"folder's filesystem is full ({folder.parent}, {free_space(folder.parent)}); free "
+                              f"space there, {again}") from None
+        raise StackopsError(f"the verification of {folder.name} {found} but could not be recorded in {folder} "
+                            f"({exc.strerror or exc}); make that folder writable, {again}") from None
 
 
 def _drop(runtime: Runtime, scratch: str) -> str:
@@ -62,7 +81,7 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
         except BackupCorrupt as exc:  # a damaged manifest: record the failure next to it, then report it
             folder = backupset.resolve_ref(settings, ref)
             result = _record(folder.name, False, 0.0, str(exc))
-            backupset.write_verification(folder, asdict(result))
+            _save(folder, result)
             report.step(f"verify {folder.name}: FAILED: {exc}")
             return result
         started = datetime.now(UTC)
@@ -107,6 +126,6 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
             _drop(runtime, scratch)
         seconds = round((datetime.now(UTC) - started).total_seconds(), 3)
         result = _record(backup.id, ok, seconds, detail)
-        backupset.write_verification(backup.path, asdict(result))
+        _save(backup.path, result)
         report.step(f"verify {backup.id}: {'OK' if ok else 'FAILED'} in {seconds}s: {detail}")
         return result
