@@ -54,6 +54,8 @@ INDEX = "offsite.json"
 PUSH_STAGING = f"{TMP_PREFIX}push-"
 PULL_STAGING = f"{TMP_PREFIX}pull-"
 INSTALL = "apt-get install -y rclone"
+ONLY_REMOTE = "it is the only copy (not in the local backups folder)"
+LAST_COPY = "the only copy (not in the local backups folder): deleted as --delete-only-copies asks"
 
 
 @dataclass(frozen=True)
@@ -569,11 +571,12 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
     warnings: list[str] = []
     for d in decisions:
         if not d.keep and d.backup.id not in local and not only_copies:
-            d = Decision(d.backup, True, (*d.reasons, "but it is the only copy (not in the local backups folder): "
-                                          "kept; pass --delete-only-copies to delete it"), d.covers)
+            d = Decision(d.backup, True, (*d.reasons, f"but {ONLY_REMOTE}: kept; pass --delete-only-copies to "
+                                          "delete it"), d.covers)
         elif not d.keep:
             doomed.add(d.backup.id)
             if d.backup.id not in local:
+                d = Decision(d.backup, False, (*d.reasons, LAST_COPY), d.covers)
                 warnings.append(f"{d.backup.id} exists only on the remote: deleting it deletes its last copy")
         out.append(d)
     env = settings.env
@@ -586,17 +589,38 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
     return p, out, doomed
 
 
-def prune_remote(settings: Settings, confirmed: set[str], *, report: Reporter, only_copies: bool = False) -> list[str]:
-    """Delete the confirmed ids that the plan, decided again now, still deletes. The index goes first, so
-    a set stops being listed as complete before any of its files are removed."""
-    _, _, doomed = prune_remote_plan(settings, only_copies=only_copies)
+def last_copies(decisions: Sequence[Decision]) -> set[str]:
+    """The ids a remote plan deletes knowing the remote holds their only copy (--delete-only-copies)."""
+    return {d.backup.id for d in decisions if not d.keep and LAST_COPY in d.reasons}
+
+
+def prune_remote(settings: Settings, confirmed: set[str], *, report: Reporter, only_copies: bool = False,
+                 confirmed_last: set[str] | None = None) -> list[str]:
+    """Delete the confirmed ids that the plan, decided again now under the environment's lock (the one
+    local prune, push and pull hold), still deletes. The index goes first, so a set stops being listed as
+    complete before any of its files are removed.
+
+    Under the lock the local copies cannot change, so a local prune that ran since the plan is seen: a
+    set whose local copy went in the meantime is the only copy now and is kept, with a warning, unless
+    the confirmed plan already deleted it as an only copy (``confirmed_last``, see ``last_copies``)."""
+    folder = settings.env.backups_dir
     r = Remote(settings)
     deleted = []
-    for backup_id in sorted(doomed & confirmed):
-        r.run("deletefile", r.url(backup_id, INDEX), what=f"deleting the index of {backup_id}")
-        r.purge(backup_id)
-        report.info(f"deleted {backup_id} from {r.display}")
-        deleted.append(backup_id)
+    with env_lock(folder, "prune of the offsite copies"):
+        _, decisions, doomed = prune_remote_plan(settings, only_copies=only_copies)
+        now_last = last_copies(decisions)
+        now_only = {d.backup.id for d in decisions if d.keep and any(ONLY_REMOTE in x for x in d.reasons)}
+        for backup_id in sorted(confirmed):
+            if backup_id in now_only or (backup_id in now_last and backup_id not in (confirmed_last or set())):
+                report.warn(f"{backup_id} has become the only copy since the plan (its local copy is gone): kept "
+                            f"on {r.display}; run `invoke backup.prune-remote` again to see it in a plan")
+                continue
+            if backup_id not in doomed:
+                continue
+            r.run("deletefile", r.url(backup_id, INDEX), what=f"deleting the index of {backup_id}")
+            r.purge(backup_id)
+            report.info(f"deleted {backup_id} from {r.display}")
+            deleted.append(backup_id)
     return deleted
 
 

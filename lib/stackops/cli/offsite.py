@@ -74,14 +74,15 @@ def pull(c, backup, identity=None, env=None, json=False):
 def prune_remote(c, env=None, dry_run=False, yes=False, json=False, delete_only_copies=False):
     """Remote retention (stackops.offsite.daily / weekly): keep or delete each offsite set, with reasons.
     A set whose only copy is the remote one is kept unless --delete-only-copies."""
+    from stackops.offsite import last_copies, prune_remote_plan
     from stackops.offsite import prune_remote as do_prune
-    from stackops.offsite import prune_remote_plan
 
     s = settings(c, env)
     plan, decisions, doomed = prune_remote_plan(s, only_copies=delete_only_copies)
     deleted: list[str] = []
     if proceed(plan, yes=yes, dry_run=dry_run, as_json=json):
-        deleted = do_prune(s, doomed, report=reporter(), only_copies=delete_only_copies)
+        deleted = do_prune(s, doomed, report=reporter(), only_copies=delete_only_copies,
+                           confirmed_last=last_copies(decisions))
     if dry_run:
         return
     if json:
