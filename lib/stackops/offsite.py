@@ -426,10 +426,11 @@ def _full(folder: Path, rs: RemoteSet) -> StorageFull:
 
 
 def _pull_into(r: Remote, rs: RemoteSet, staging: Path, final: Path, ident: Path | None,
-               report: Reporter) -> None:
-    """Download, check, decrypt and open ``rs`` in ``staging``, then rename it to ``final``."""
+               report: Reporter, aside: Path | None = None) -> None:
+    """Download, check, decrypt and open ``rs`` in ``staging``, then rename it to ``final`` (after renaming
+    the damaged folder ``final`` to ``aside``, when given)."""
     what = f"remote copy of {rs.id}"
-    if final.exists():
+    if final.exists() and aside is None:
         raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
     download = private_dir(staging / "download")
     report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
@@ -463,18 +464,45 @@ def _pull_into(r: Remote, rs: RemoteSet, staging: Path, final: Path, ident: Path
     if rs.index.get("verification"):
         backupset.write_verification(out, rs.index["verification"])
     fsync_dir(out)
+    if aside is not None and final.exists():
+        if aside.exists():
+            raise BackupCorrupt(f"{aside} exists already: move it away and pull {rs.id} again; nothing was touched")
+        os.rename(final, aside)  # kept, never deleted: the operator decides what to do with it
+        report.info(f"the damaged local copy of {rs.id} is kept as {aside}")
     os.rename(out, final)
     fsync_dir(final.parent)
 
 
-def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None) -> PullResult:
+def damaged_name(backup_id: str, now: datetime | None = None) -> str:
+    """The name a damaged local set is kept under when ``backup.pull --replace`` brings the remote copy
+    back: beside it, listed by ``backup.list`` as damaged, never judged by retention, never deleted."""
+    return f"{backup_id}.damaged-{(now or datetime.now(UTC)).strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None,
+             replace: bool = False) -> PullResult:
     """Bring one set back from the remote into the backups folder, checked (index, every file's sha256,
-    decryption, the set's own manifest and checksums) before it appears there."""
+    decryption, the set's own manifest and checksums) before it appears there.
+
+    A local set of that id that fails its size check (``backupset.quick_check``) is refused (BackupCorrupt)
+    unless ``replace``: then the remote copy is downloaded and checked first, and only then is the damaged
+    folder renamed aside (``damaged_name``, kept) and the pulled one renamed into its place."""
     started = time.monotonic()
+    aside: Path | None = None
     if ref != "latest" and "/" not in ref and (settings.env.backups_dir / ref / MANIFEST).exists():
         local = backupset.find_backup(settings, ref)
-        report.info(f"{local.id} is already in {settings.env.backups_dir}")
-        return PullResult(local.id, False, False, 0, 0.0)
+        problem = backupset.quick_check(local)
+        if not problem:
+            report.info(f"{local.id} is already in {settings.env.backups_dir}")
+            return PullResult(local.id, False, False, 0, 0.0)
+        if not replace:
+            raise BackupCorrupt(f"the local copy of {local.id} is damaged ({problem}), so it was not pulled: "
+                                f"`invoke backup.pull {local.id} --replace` checks the remote copy, keeps the damaged "
+                                f"folder as {local.id}.damaged-<time> and pulls it in its place "
+                                "(or move the folder out of the backups folder yourself and pull again)")
+        aside = local.path.with_name(damaged_name(local.id))
+        report.warn(f"the local copy of {local.id} is damaged ({problem}): it is kept as {aside.name} once the "
+                    "remote copy is checked")
     r = Remote(settings)
     rs = find_remote(settings, ref, r)
     what = f"remote copy of {rs.id}"
@@ -486,7 +514,7 @@ def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path |
     final = folder / rs.id
     try:
         with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
-            _pull_into(r, rs, staging, final, ident, report)
+            _pull_into(r, rs, staging, final, ident, report, aside)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise

@@ -190,3 +190,45 @@ def test_another_hosts_set_of_the_same_id_on_the_remote_is_never_overwritten_nor
         line = one_line(refused, OffsiteError.exit_code)
         assert "is not this one" in line and "this set is not offsite" in line
     assert (tmp_path / "nas" / "test" / BACKUP / "offsite.json").read_bytes() == index  # host a's copy intact
+
+
+def test_pull_over_a_damaged_local_copy_refuses_then_replace_keeps_it_aside(tmp_path: Path) -> None:
+    """The tester's `truncate -s -10 backups/<env>/<id>/database.dump.zst`: `backup.pull <id>` said "already
+    local" (exit 0) and the intact remote copy could not be brought back. Now it refuses in one line saying
+    how; `--replace` checks the remote copy first and keeps the damaged folder under another name."""
+    backups, nas = tmp_path / "backups", tmp_path / "nas"
+    s = _settings(backups, ":local:", nas)
+    fake_set(backups, BACKUP, datetime.now(UTC) - timedelta(hours=1))
+    offsite.push_set(s, BACKUP, report=NullReporter())
+    dump = backups / BACKUP / "database.dump.zst"
+    whole = dump.read_bytes()
+    os.truncate(dump, len(whole) - 10)
+    env = offsite_env(backups, tmp_path / "stack", ":local:", nas)
+
+    def names() -> list[str]:
+        return [p for p in _local(s) if not p.startswith(".")]
+
+    refused = _cli(env, "backup.pull", BACKUP)
+    line = one_line(refused, BackupCorrupt.exit_code)
+    assert f"the local copy of {BACKUP} is damaged" in line and "truncated" in line
+    assert f"backup.pull {BACKUP} --replace" in line
+    assert names() == [BACKUP] and dump.read_bytes() == whole[:-10]  # nothing touched
+
+    # --replace with a remote copy that is damaged too: refused, the local folder stays where it was
+    remote_dump = nas / "test" / BACKUP / "database.dump.zst"
+    remote_whole = remote_dump.read_bytes()
+    remote_dump.write_bytes(bytes([remote_whole[0] ^ 1]) + remote_whole[1:])
+    one_line(_cli(env, "backup.pull", BACKUP, "--replace"), BackupCorrupt.exit_code)
+    assert names() == [BACKUP] and dump.read_bytes() == whole[:-10]
+
+    remote_dump.write_bytes(remote_whole)
+    replaced = _cli(env, "backup.pull", BACKUP, "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"{BACKUP}: pulled" in replaced.stdout
+    kept = [p for p in names() if p != BACKUP]
+    assert len(kept) == 1 and kept[0].startswith(f"{BACKUP}.damaged-") and kept[0] in replaced.stderr
+    assert (backups / kept[0] / "database.dump.zst").read_bytes() == whole[:-10]  # kept, never deleted
+    assert dump.read_bytes() == whole
+    assert [b.id for b in offsite.backupset.list_backups(s)] == [BACKUP]
+    again = _cli(env, "backup.pull", BACKUP)
+    assert again.returncode == 0 and f"{BACKUP}: already local" in again.stdout

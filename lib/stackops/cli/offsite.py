@@ -51,15 +51,18 @@ def push(c, backup=None, all_missing=False, env=None, json=False):
 
 @task(help={"backup": "backup id on the remote, or `latest`",
             "identity": "age identity file (default: stackops.offsite.identity_file)",
+            "replace": "the local copy is damaged: check the remote copy, keep the damaged folder as "
+                       "<id>.damaged-<time> (never deleted) and pull in its place",
             "env": ENV_HELP, "json": JSON_HELP})
 @guarded
-def pull(c, backup, identity=None, env=None, json=False):
+def pull(c, backup, identity=None, replace=False, env=None, json=False):
     """Bring one set back from the offsite remote into the backups folder, checked (and decrypted)
     before it appears there."""
     from stackops.offsite import pull_set
 
     s = settings(c, env)
-    result = pull_set(s, backup, report=reporter(), identity=Path(identity) if identity else None)
+    result = pull_set(s, backup, report=reporter(), identity=Path(identity) if identity else None,
+                      replace=replace)
     if json:
         print_json(result)
     else:
