@@ -339,6 +339,15 @@ def _already(settings: Settings, r: Remote, backup: BackupSet) -> bool:
     return False
 
 
+def _staging_full(folder: Path, backup: BackupSet, exc: BaseException) -> StorageFull:
+    """A push's staging (encrypted copies, or copies where a hard link is refused) did not fit."""
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return StorageFull(f"the backups folder's filesystem ({crypt.mount_point(folder)}, {human_bytes(free)} free) "
+                       f"is full while staging {backup.id} ({human_bytes(backup.size)}) for the offsite copy"
+                       f"{' (encrypting needs that much again)' if isinstance(exc, StorageFull) else ''}: the "
+                       "staging was removed and nothing was pushed; free space (`invoke backup.prune`) and push again")
+
+
 def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote | None = None) -> PushResult:
     """Copy one complete local set to the remote: staged (encrypted when recipients are configured),
     uploaded under ``.tmp-<id>/``, read back and checked, renamed, then its index written last."""
@@ -359,7 +368,12 @@ def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote |
         backupset.check_files(backup, report)
         report.step(f"staging {backup.id} for {r.display}" + (f" (age, {len(recipients)} recipient(s))"
                                                                if recipients else " (not encrypted)"))
-        files = _stage(backup, staging, recipients)
+        try:
+            files = _stage(backup, staging, recipients)
+        except (StorageFull, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _staging_full(folder, backup, exc) from None
         manifest_sha = sha256_file(backup.path / MANIFEST)
         index = seal_index({
             "format": FORMAT, "id": backup.id, "env": settings.env.name, "kind": backup.kind,

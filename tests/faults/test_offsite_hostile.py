@@ -232,3 +232,28 @@ def test_pull_over_a_damaged_local_copy_refuses_then_replace_keeps_it_aside(tmp_
     assert [b.id for b in offsite.backupset.list_backups(s)] == [BACKUP]
     again = _cli(env, "backup.pull", BACKUP)
     assert again.returncode == 0 and f"{BACKUP}: already local" in again.stdout
+
+
+def test_an_encrypted_push_on_a_nearly_full_disk_is_storage_full_in_one_line(tmp_path: Path) -> None:
+    """The tester's `backup.push` with recipients and the backups filesystem nearly full: age's last line
+    (a link to its issue tracker) came out as `stackops: /usr/bin/age exited with 1: ...` (exit 1). Now it is
+    StorageFull naming the filesystem, with the staging removed and nothing on the remote."""
+    backups, nas = tmp_path / "backups", tmp_path / "nas"
+    key = age_key(tmp_path)
+    env = offsite_env(backups, tmp_path / "stack", ":local:", nas, recipients=key.recipient)
+    s = _settings(backups, ":local:", nas, recipients=(key.recipient,))
+    with tmpfs(backups, "2m"):
+        fake_set(backups, BACKUP, datetime.now(UTC) - timedelta(hours=1), payload=os.urandom(600_000))
+        filler = backups / ".filler"
+        filler.write_bytes(os.urandom(1_000_000))  # the encrypted copy (as big as the set) does not fit beside
+        refused = _cli(env, "backup.push")
+        line = one_line(refused, StorageFull.exit_code)
+        assert f"filesystem ({backups}," in line and "is full while staging" in line
+        assert "the staging was removed and nothing was pushed" in line and "exited with" not in line
+        assert [p for p in _local(s) if p not in (".lock", ".filler")] == [BACKUP]  # no staging left
+        offsite.backupset.check_files(offsite.backupset.find_backup(s, BACKUP))  # the set untouched
+        assert offsite.remote_sets(s) == ([], [])
+        filler.unlink()  # space given back: the same push goes through
+        pushed = _cli(env, "backup.push")
+        assert pushed.returncode == 0, pushed.stderr
+        assert [r.id for r in offsite.remote_sets(s)[0]] == [BACKUP]
