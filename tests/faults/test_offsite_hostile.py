@@ -19,7 +19,7 @@ import pytest
 
 from stackops import offsite
 from stackops.config import Offsite, Settings
-from stackops.errors import BackupCorrupt, LockBusy, OffsiteError, StorageFull
+from stackops.errors import BackupCorrupt, IdentityError, LockBusy, OffsiteError, StorageFull
 from stackops.lock import env_lock
 from stackops.report import NullReporter
 from tests.conftest import ROOT, make_settings
@@ -257,3 +257,27 @@ def test_an_encrypted_push_on_a_nearly_full_disk_is_storage_full_in_one_line(tmp
         pushed = _cli(env, "backup.push")
         assert pushed.returncode == 0, pushed.stderr
         assert [r.id for r in offsite.remote_sets(s)[0]] == [BACKUP]
+
+
+def test_restore_dry_run_of_a_remote_only_encrypted_set_without_identity_fails_as_the_real_run(tmp_path: Path) -> None:
+    """The tester's `restore.db <remote-only encrypted id> --dry-run` with no identity configured said the set
+    "would be pulled ... and then restored" (exit 0) while the real run fails with exit 21: the dry run now
+    checks the identity first, the same way."""
+    key = age_key(tmp_path)
+    s, _ = _pushed(tmp_path, recipients=(key.recipient,))
+    env = offsite_env(s.env.backups_dir, tmp_path / "stack", ":local:", tmp_path / "nas")
+    dry = _cli(env, "restore.db", BACKUP, "--dry-run")
+    real = _cli(env, "restore.db", BACKUP, "--yes")
+    assert dry.returncode == IdentityError.exit_code, dry.stdout  # before: 0 and "it would be pulled ..."
+    line = one_line(dry, IdentityError.exit_code)
+    assert line == one_line(real, IdentityError.exit_code)
+    assert "no identity file is configured" in line and "would be pulled" not in dry.stdout
+    assert [p for p in _local(s) if p != ".lock"] == []  # nothing pulled, nothing touched
+    # another host's identity: refused by the dry run too; the right one: the plan as before
+    other = age_key(tmp_path, "other")
+    wrong = _cli({**env, "INVOKE_STACKOPS_OFFSITE_IDENTITY_FILE": str(other.identity)}, "restore.db", BACKUP,
+                 "--dry-run")
+    assert "is not one of them" in one_line(wrong, IdentityError.exit_code)
+    ok = _cli({**env, "INVOKE_STACKOPS_OFFSITE_IDENTITY_FILE": str(key.identity)}, "restore.db", BACKUP, "--dry-run")
+    assert ok.returncode == 0, ok.stderr
+    assert f"dry run: {BACKUP} exists only offsite: it would be pulled" in ok.stdout
