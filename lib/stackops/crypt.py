@@ -7,11 +7,14 @@ before anything is downloaded or written when the identity is missing or is not 
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from stackops.errors import BackupCorrupt, CommandFailed, IdentityError, StorageFull
 from stackops.proc import Cmd, run, which
+from stackops.report import human_bytes
 
 INSTALL = "apt-get install -y age"
 
@@ -20,12 +23,40 @@ def _age() -> str:
     return which("age", INSTALL)
 
 
+NO_SPACE = ("no space left on device", "disk quota exceeded")  # age's words (Go's) for ENOSPC / EDQUOT
+OVERHEAD = 1 << 20  # age's header and per-chunk tags, rounded up generously (16 bytes per 64 KiB chunk)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem ``path`` is on (``path`` need not exist)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
 def encrypt(src: Path, dst: Path, recipients: Sequence[str]) -> None:
-    """``src`` encrypted to every recipient, written to ``dst`` (binary age format)."""
+    """``src`` encrypted to every recipient, written to ``dst`` (binary age format). A write that fails for
+    lack of space raises StorageFull naming the filesystem, ``dst`` removed: age's stderr says so on a line
+    before its last (a link to its issue tracker), and when it does not, too little free space for ``src``
+    is taken as the cause."""
     argv = [_age(), "--encrypt"]
     for r in recipients:
         argv += ["--recipient", r]
-    run(Cmd([*argv, "--output", str(dst), str(src)]))
+    try:
+        run(Cmd([*argv, "--output", str(dst), str(src)]))
+    except CommandFailed as exc:
+        dst.unlink(missing_ok=True)
+        free = shutil.disk_usage(dst.parent).free if dst.parent.exists() else 0
+        size = src.stat().st_size if src.exists() else 0
+        if any(m in exc.stderr.lower() for m in NO_SPACE) or free < size + OVERHEAD:
+            raise StorageFull(f"the filesystem of {dst.parent} (mounted at {mount_point(dst.parent)}) is full: "
+                              f"encrypting {src.name} ({human_bytes(size)}) needs about that much and "
+                              f"{human_bytes(free)} is free; what was being written was removed; free space "
+                              "there and try again") from None
+        raise
 
 
 def decrypt(src: Path, dst: Path, identity: Path, what: str) -> None:

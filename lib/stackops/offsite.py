@@ -54,6 +54,8 @@ INDEX = "offsite.json"
 PUSH_STAGING = f"{TMP_PREFIX}push-"
 PULL_STAGING = f"{TMP_PREFIX}pull-"
 INSTALL = "apt-get install -y rclone"
+ONLY_REMOTE = "it is the only copy (not in the local backups folder)"
+LAST_COPY = "the only copy (not in the local backups folder): deleted as --delete-only-copies asks"
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,15 @@ def _already(settings: Settings, r: Remote, backup: BackupSet) -> bool:
     return False
 
 
+def _staging_full(folder: Path, backup: BackupSet, exc: BaseException) -> StorageFull:
+    """A push's staging (encrypted copies, or copies where a hard link is refused) did not fit."""
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return StorageFull(f"the backups folder's filesystem ({crypt.mount_point(folder)}, {human_bytes(free)} free) "
+                       f"is full while staging {backup.id} ({human_bytes(backup.size)}) for the offsite copy"
+                       f"{' (encrypting needs that much again)' if isinstance(exc, StorageFull) else ''}: the "
+                       "staging was removed and nothing was pushed; free space (`invoke backup.prune`) and push again")
+
+
 def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote | None = None) -> PushResult:
     """Copy one complete local set to the remote: staged (encrypted when recipients are configured),
     uploaded under ``.tmp-<id>/``, read back and checked, renamed, then its index written last."""
@@ -357,7 +368,12 @@ def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote |
         backupset.check_files(backup, report)
         report.step(f"staging {backup.id} for {r.display}" + (f" (age, {len(recipients)} recipient(s))"
                                                                if recipients else " (not encrypted)"))
-        files = _stage(backup, staging, recipients)
+        try:
+            files = _stage(backup, staging, recipients)
+        except (StorageFull, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _staging_full(folder, backup, exc) from None
         manifest_sha = sha256_file(backup.path / MANIFEST)
         index = seal_index({
             "format": FORMAT, "id": backup.id, "env": settings.env.name, "kind": backup.kind,
@@ -424,10 +440,11 @@ def _full(folder: Path, rs: RemoteSet) -> StorageFull:
 
 
 def _pull_into(r: Remote, rs: RemoteSet, staging: Path, final: Path, ident: Path | None,
-               report: Reporter) -> None:
-    """Download, check, decrypt and open ``rs`` in ``staging``, then rename it to ``final``."""
+               report: Reporter, aside: Path | None = None) -> None:
+    """Download, check, decrypt and open ``rs`` in ``staging``, then rename it to ``final`` (after renaming
+    the damaged folder ``final`` to ``aside``, when given)."""
     what = f"remote copy of {rs.id}"
-    if final.exists():
+    if final.exists() and aside is None:
         raise BackupCorrupt(f"{final} exists but is not a complete backup: move it away before pulling {rs.id}")
     download = private_dir(staging / "download")
     report.step(f"downloading {rs.id} ({human_bytes(rs.size)}) from {r.display}")
@@ -461,18 +478,45 @@ def _pull_into(r: Remote, rs: RemoteSet, staging: Path, final: Path, ident: Path
     if rs.index.get("verification"):
         backupset.write_verification(out, rs.index["verification"])
     fsync_dir(out)
+    if aside is not None and final.exists():
+        if aside.exists():
+            raise BackupCorrupt(f"{aside} exists already: move it away and pull {rs.id} again; nothing was touched")
+        os.rename(final, aside)  # kept, never deleted: the operator decides what to do with it
+        report.info(f"the damaged local copy of {rs.id} is kept as {aside}")
     os.rename(out, final)
     fsync_dir(final.parent)
 
 
-def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None) -> PullResult:
+def damaged_name(backup_id: str, now: datetime | None = None) -> str:
+    """The name a damaged local set is kept under when ``backup.pull --replace`` brings the remote copy
+    back: beside it, listed by ``backup.list`` as damaged, never judged by retention, never deleted."""
+    return f"{backup_id}.damaged-{(now or datetime.now(UTC)).strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path | None = None,
+             replace: bool = False) -> PullResult:
     """Bring one set back from the remote into the backups folder, checked (index, every file's sha256,
-    decryption, the set's own manifest and checksums) before it appears there."""
+    decryption, the set's own manifest and checksums) before it appears there.
+
+    A local set of that id that fails its size check (``backupset.quick_check``) is refused (BackupCorrupt)
+    unless ``replace``: then the remote copy is downloaded and checked first, and only then is the damaged
+    folder renamed aside (``damaged_name``, kept) and the pulled one renamed into its place."""
     started = time.monotonic()
+    aside: Path | None = None
     if ref != "latest" and "/" not in ref and (settings.env.backups_dir / ref / MANIFEST).exists():
         local = backupset.find_backup(settings, ref)
-        report.info(f"{local.id} is already in {settings.env.backups_dir}")
-        return PullResult(local.id, False, False, 0, 0.0)
+        problem = backupset.quick_check(local)
+        if not problem:
+            report.info(f"{local.id} is already in {settings.env.backups_dir}")
+            return PullResult(local.id, False, False, 0, 0.0)
+        if not replace:
+            raise BackupCorrupt(f"the local copy of {local.id} is damaged ({problem}), so it was not pulled: "
+                                f"`invoke backup.pull {local.id} --replace` checks the remote copy, keeps the damaged "
+                                f"folder as {local.id}.damaged-<time> and pulls it in its place "
+                                "(or move the folder out of the backups folder yourself and pull again)")
+        aside = local.path.with_name(damaged_name(local.id))
+        report.warn(f"the local copy of {local.id} is damaged ({problem}): it is kept as {aside.name} once the "
+                    "remote copy is checked")
     r = Remote(settings)
     rs = find_remote(settings, ref, r)
     what = f"remote copy of {rs.id}"
@@ -484,7 +528,7 @@ def pull_set(settings: Settings, ref: str, *, report: Reporter, identity: Path |
     final = folder / rs.id
     try:
         with env_lock(folder, f"pull of {rs.id}"), _staging(folder / f"{PULL_STAGING}{rs.id}") as staging:
-            _pull_into(r, rs, staging, final, ident, report)
+            _pull_into(r, rs, staging, final, ident, report, aside)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
@@ -569,11 +613,12 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
     warnings: list[str] = []
     for d in decisions:
         if not d.keep and d.backup.id not in local and not only_copies:
-            d = Decision(d.backup, True, (*d.reasons, "but it is the only copy (not in the local backups folder): "
-                                          "kept; pass --delete-only-copies to delete it"), d.covers)
+            d = Decision(d.backup, True, (*d.reasons, f"but {ONLY_REMOTE}: kept; pass --delete-only-copies to "
+                                          "delete it"), d.covers)
         elif not d.keep:
             doomed.add(d.backup.id)
             if d.backup.id not in local:
+                d = Decision(d.backup, False, (*d.reasons, LAST_COPY), d.covers)
                 warnings.append(f"{d.backup.id} exists only on the remote: deleting it deletes its last copy")
         out.append(d)
     env = settings.env
@@ -586,17 +631,38 @@ def prune_remote_plan(settings: Settings, *, only_copies: bool = False,
     return p, out, doomed
 
 
-def prune_remote(settings: Settings, confirmed: set[str], *, report: Reporter, only_copies: bool = False) -> list[str]:
-    """Delete the confirmed ids that the plan, decided again now, still deletes. The index goes first, so
-    a set stops being listed as complete before any of its files are removed."""
-    _, _, doomed = prune_remote_plan(settings, only_copies=only_copies)
+def last_copies(decisions: Sequence[Decision]) -> set[str]:
+    """The ids a remote plan deletes knowing the remote holds their only copy (--delete-only-copies)."""
+    return {d.backup.id for d in decisions if not d.keep and LAST_COPY in d.reasons}
+
+
+def prune_remote(settings: Settings, confirmed: set[str], *, report: Reporter, only_copies: bool = False,
+                 confirmed_last: set[str] | None = None) -> list[str]:
+    """Delete the confirmed ids that the plan, decided again now under the environment's lock (the one
+    local prune, push and pull hold), still deletes. The index goes first, so a set stops being listed as
+    complete before any of its files are removed.
+
+    Under the lock the local copies cannot change, so a local prune that ran since the plan is seen: a
+    set whose local copy went in the meantime is the only copy now and is kept, with a warning, unless
+    the confirmed plan already deleted it as an only copy (``confirmed_last``, see ``last_copies``)."""
+    folder = settings.env.backups_dir
     r = Remote(settings)
     deleted = []
-    for backup_id in sorted(doomed & confirmed):
-        r.run("deletefile", r.url(backup_id, INDEX), what=f"deleting the index of {backup_id}")
-        r.purge(backup_id)
-        report.info(f"deleted {backup_id} from {r.display}")
-        deleted.append(backup_id)
+    with env_lock(folder, "prune of the offsite copies"):
+        _, decisions, doomed = prune_remote_plan(settings, only_copies=only_copies)
+        now_last = last_copies(decisions)
+        now_only = {d.backup.id for d in decisions if d.keep and any(ONLY_REMOTE in x for x in d.reasons)}
+        for backup_id in sorted(confirmed):
+            if backup_id in now_only or (backup_id in now_last and backup_id not in (confirmed_last or set())):
+                report.warn(f"{backup_id} has become the only copy since the plan (its local copy is gone): kept "
+                            f"on {r.display}; run `invoke backup.prune-remote` again to see it in a plan")
+                continue
+            if backup_id not in doomed:
+                continue
+            r.run("deletefile", r.url(backup_id, INDEX), what=f"deleting the index of {backup_id}")
+            r.purge(backup_id)
+            report.info(f"deleted {backup_id} from {r.display}")
+            deleted.append(backup_id)
     return deleted
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from stackops import offsite
 from stackops.config import Offsite, Settings
-from stackops.errors import BackupCorrupt, LockBusy, OffsiteError, StorageFull
+from stackops.errors import BackupCorrupt, IdentityError, LockBusy, OffsiteError, StorageFull
 from stackops.lock import env_lock
 from stackops.report import NullReporter
 from tests.conftest import ROOT, make_settings
@@ -190,3 +190,94 @@ def test_another_hosts_set_of_the_same_id_on_the_remote_is_never_overwritten_nor
         line = one_line(refused, OffsiteError.exit_code)
         assert "is not this one" in line and "this set is not offsite" in line
     assert (tmp_path / "nas" / "test" / BACKUP / "offsite.json").read_bytes() == index  # host a's copy intact
+
+
+def test_pull_over_a_damaged_local_copy_refuses_then_replace_keeps_it_aside(tmp_path: Path) -> None:
+    """The tester's `truncate -s -10 backups/<env>/<id>/database.dump.zst`: `backup.pull <id>` said "already
+    local" (exit 0) and the intact remote copy could not be brought back. Now it refuses in one line saying
+    how; `--replace` checks the remote copy first and keeps the damaged folder under another name."""
+    backups, nas = tmp_path / "backups", tmp_path / "nas"
+    s = _settings(backups, ":local:", nas)
+    fake_set(backups, BACKUP, datetime.now(UTC) - timedelta(hours=1))
+    offsite.push_set(s, BACKUP, report=NullReporter())
+    dump = backups / BACKUP / "database.dump.zst"
+    whole = dump.read_bytes()
+    os.truncate(dump, len(whole) - 10)
+    env = offsite_env(backups, tmp_path / "stack", ":local:", nas)
+
+    def names() -> list[str]:
+        return [p for p in _local(s) if not p.startswith(".")]
+
+    refused = _cli(env, "backup.pull", BACKUP)
+    line = one_line(refused, BackupCorrupt.exit_code)
+    assert f"the local copy of {BACKUP} is damaged" in line and "truncated" in line
+    assert f"backup.pull {BACKUP} --replace" in line
+    assert names() == [BACKUP] and dump.read_bytes() == whole[:-10]  # nothing touched
+
+    # --replace with a remote copy that is damaged too: refused, the local folder stays where it was
+    remote_dump = nas / "test" / BACKUP / "database.dump.zst"
+    remote_whole = remote_dump.read_bytes()
+    remote_dump.write_bytes(bytes([remote_whole[0] ^ 1]) + remote_whole[1:])
+    one_line(_cli(env, "backup.pull", BACKUP, "--replace"), BackupCorrupt.exit_code)
+    assert names() == [BACKUP] and dump.read_bytes() == whole[:-10]
+
+    remote_dump.write_bytes(remote_whole)
+    replaced = _cli(env, "backup.pull", BACKUP, "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"{BACKUP}: pulled" in replaced.stdout
+    kept = [p for p in names() if p != BACKUP]
+    assert len(kept) == 1 and kept[0].startswith(f"{BACKUP}.damaged-") and kept[0] in replaced.stderr
+    assert (backups / kept[0] / "database.dump.zst").read_bytes() == whole[:-10]  # kept, never deleted
+    assert dump.read_bytes() == whole
+    assert [b.id for b in offsite.backupset.list_backups(s)] == [BACKUP]
+    again = _cli(env, "backup.pull", BACKUP)
+    assert again.returncode == 0 and f"{BACKUP}: already local" in again.stdout
+
+
+def test_an_encrypted_push_on_a_nearly_full_disk_is_storage_full_in_one_line(tmp_path: Path) -> None:
+    """The tester's `backup.push` with recipients and the backups filesystem nearly full: age's last line
+    (a link to its issue tracker) came out as `stackops: /usr/bin/age exited with 1: ...` (exit 1). Now it is
+    StorageFull naming the filesystem, with the staging removed and nothing on the remote."""
+    backups, nas = tmp_path / "backups", tmp_path / "nas"
+    key = age_key(tmp_path)
+    env = offsite_env(backups, tmp_path / "stack", ":local:", nas, recipients=key.recipient)
+    s = _settings(backups, ":local:", nas, recipients=(key.recipient,))
+    with tmpfs(backups, "2m"):
+        fake_set(backups, BACKUP, datetime.now(UTC) - timedelta(hours=1), payload=os.urandom(600_000))
+        filler = backups / ".filler"
+        filler.write_bytes(os.urandom(1_000_000))  # the encrypted copy (as big as the set) does not fit beside
+        refused = _cli(env, "backup.push")
+        line = one_line(refused, StorageFull.exit_code)
+        assert f"filesystem ({backups}," in line and "is full while staging" in line
+        assert "the staging was removed and nothing was pushed" in line and "exited with" not in line
+        assert [p for p in _local(s) if p not in (".lock", ".filler")] == [BACKUP]  # no staging left
+        offsite.backupset.check_files(offsite.backupset.find_backup(s, BACKUP))  # the set untouched
+        assert offsite.remote_sets(s) == ([], [])
+        filler.unlink()  # space given back: the same push goes through
+        pushed = _cli(env, "backup.push")
+        assert pushed.returncode == 0, pushed.stderr
+        assert [r.id for r in offsite.remote_sets(s)[0]] == [BACKUP]
+
+
+def test_restore_dry_run_of_a_remote_only_encrypted_set_without_identity_fails_as_the_real_run(tmp_path: Path) -> None:
+    """The tester's `restore.db <remote-only encrypted id> --dry-run` with no identity configured said the set
+    "would be pulled ... and then restored" (exit 0) while the real run fails with exit 21: the dry run now
+    checks the identity first, the same way."""
+    key = age_key(tmp_path)
+    s, _ = _pushed(tmp_path, recipients=(key.recipient,))
+    env = offsite_env(s.env.backups_dir, tmp_path / "stack", ":local:", tmp_path / "nas")
+    dry = _cli(env, "restore.db", BACKUP, "--dry-run")
+    real = _cli(env, "restore.db", BACKUP, "--yes")
+    assert dry.returncode == IdentityError.exit_code, dry.stdout  # before: 0 and "it would be pulled ..."
+    line = one_line(dry, IdentityError.exit_code)
+    assert line == one_line(real, IdentityError.exit_code)
+    assert "no identity file is configured" in line and "would be pulled" not in dry.stdout
+    assert [p for p in _local(s) if p != ".lock"] == []  # nothing pulled, nothing touched
+    # another host's identity: refused by the dry run too; the right one: the plan as before
+    other = age_key(tmp_path, "other")
+    wrong = _cli({**env, "INVOKE_STACKOPS_OFFSITE_IDENTITY_FILE": str(other.identity)}, "restore.db", BACKUP,
+                 "--dry-run")
+    assert "is not one of them" in one_line(wrong, IdentityError.exit_code)
+    ok = _cli({**env, "INVOKE_STACKOPS_OFFSITE_IDENTITY_FILE": str(key.identity)}, "restore.db", BACKUP, "--dry-run")
+    assert ok.returncode == 0, ok.stderr
+    assert f"dry run: {BACKUP} exists only offsite: it would be pulled" in ok.stdout

@@ -14,10 +14,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from stackops import offsite
+import pytest
+
+from stackops import offsite, retention
 from stackops.backupset import MANIFEST, seal
 from stackops.config import Offsite, Settings
-from stackops.errors import ProtectedEnvironment
+from stackops.errors import LockBusy, ProtectedEnvironment
 from stackops.report import NullReporter
 from tests.conftest import ROOT, make_settings
 from tests.faults.backup_helpers import one_line
@@ -136,3 +138,71 @@ def test_the_status_report_forecasts_the_prune_with_the_only_copy_rule(tmp_path:
     offsite.push_set(s, older, report=NullReporter())
     rows = {r["id"]: r for r in gather(s, make_runtime(s)).retention}
     assert rows[older]["keep"] is False and rows[newer]["keep"] is True
+
+
+def _copies_left(s: Settings, backup_id: str) -> list[str]:
+    """Where an intact copy of ``backup_id`` still is: "local" (complete in the backups folder) and/or
+    "remote" (complete on the remote, and every file it lists there with its size)."""
+    where = ["local"] if backup_id in {b.id for b in offsite.backupset.list_backups(s)} else []
+    rs = next((r for r in offsite.remote_sets(s)[0] if r.id == backup_id), None)
+    folder = Path(s.offsite.path) / s.env.name / backup_id
+    if rs is not None and all((folder / n).is_file() and (folder / n).stat().st_size == e["size"]
+                              for n, e in rs.index["files"].items()):
+        where.append("remote")
+    return where
+
+
+def test_local_and_remote_prune_at_the_same_moment_never_delete_both_copies(tmp_path: Path) -> None:
+    """The tester's race, made deterministic: `backup.prune --yes` and `backup.prune-remote --yes` both plan
+    while the older set is in both places (each counts the other's copy as the second one); the remote
+    prune then runs while the local prune holds the environment's lock, right after the local prune read
+    the remote copies again and before it deletes. Before, prune-remote took no lock and deleted the remote
+    copy while the local one was being deleted: the set was gone from both places."""
+    s, env, older, newer = _setup(tmp_path)
+    offsite.push_missing(s, report=NullReporter())
+    _, _, remote_doomed = offsite.prune_remote_plan(s)
+    local_plan, _ = retention.prune_plan(s, copies=lambda: offsite.copies(s))
+    assert remote_doomed == {older} and local_plan.destroys == [f"backup {older}"]  # both would delete it
+
+    during: list[subprocess.CompletedProcess[str]] = []
+
+    def copies_then_the_other_prune() -> retention.Copies:
+        seen = offsite.copies(s)  # what the local prune decides with, under its lock
+        during.append(_cli(env, "backup.prune-remote", "--yes"))  # the other operator, at that very moment
+        return seen
+
+    retention.prune(s, report=NullReporter(), copies=copies_then_the_other_prune, confirmed={older})
+    line = one_line(during[0], LockBusy.exit_code)
+    assert "prune" in line and "holds" in line
+    assert _copies_left(s, older) == ["remote"] and _copies_left(s, newer) == ["local", "remote"]
+
+    # once the lock is free, prune-remote decides again: the remote copy is the only one now, kept
+    again = _cli(env, "backup.prune-remote", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert _copies_left(s, older) == ["remote"]
+
+
+@pytest.mark.parametrize("only_copies", [False, True], ids=["default", "delete-only-copies"])
+def test_remote_prune_keeps_a_set_whose_local_copy_went_since_its_plan_with_a_warning(
+        tmp_path: Path, only_copies: bool) -> None:
+    """The other order: prune-remote planned (the older set in both places), then a local prune deleted the
+    local copy before prune-remote acted; under the lock it decides again and keeps what is now the only
+    copy, saying so. Even --delete-only-copies deletes only the only copies its confirmed plan named."""
+    s, env, older, newer = _setup(tmp_path)
+    offsite.push_missing(s, report=NullReporter())
+    _, decisions, doomed = offsite.prune_remote_plan(s, only_copies=only_copies)
+    assert doomed == {older} and offsite.last_copies(decisions) == set()
+    pruned = _cli(env, "backup.prune", "--yes")  # the other operator, between the plan and the deletion
+    assert pruned.returncode == 0, pruned.stderr
+    assert _copies_left(s, older) == ["remote"]
+    report = NullReporter()
+    deleted = offsite.prune_remote(s, doomed, report=report, only_copies=only_copies,
+                                   confirmed_last=offsite.last_copies(decisions))
+    assert deleted == [] and _copies_left(s, older) == ["remote"]
+    assert any(line.startswith(f"!!  {older} has become the only copy since the plan") for line in report.lines)
+    # a plan made now names it as an only copy; confirmed with --delete-only-copies, it goes
+    _, decisions, doomed = offsite.prune_remote_plan(s, only_copies=True)
+    assert doomed == {older} and offsite.last_copies(decisions) == {older}
+    assert offsite.prune_remote(s, doomed, report=NullReporter(), only_copies=True,
+                                confirmed_last=offsite.last_copies(decisions)) == [older]
+    assert _copies_left(s, newer) == ["local", "remote"]

@@ -51,15 +51,18 @@ def push(c, backup=None, all_missing=False, env=None, json=False):
 
 @task(help={"backup": "backup id on the remote, or `latest`",
             "identity": "age identity file (default: stackops.offsite.identity_file)",
+            "replace": "the local copy is damaged: check the remote copy, keep the damaged folder as "
+                       "<id>.damaged-<time> (never deleted) and pull in its place",
             "env": ENV_HELP, "json": JSON_HELP})
 @guarded
-def pull(c, backup, identity=None, env=None, json=False):
+def pull(c, backup, identity=None, replace=False, env=None, json=False):
     """Bring one set back from the offsite remote into the backups folder, checked (and decrypted)
     before it appears there."""
     from stackops.offsite import pull_set
 
     s = settings(c, env)
-    result = pull_set(s, backup, report=reporter(), identity=Path(identity) if identity else None)
+    result = pull_set(s, backup, report=reporter(), identity=Path(identity) if identity else None,
+                      replace=replace)
     if json:
         print_json(result)
     else:
@@ -74,14 +77,15 @@ def pull(c, backup, identity=None, env=None, json=False):
 def prune_remote(c, env=None, dry_run=False, yes=False, json=False, delete_only_copies=False):
     """Remote retention (stackops.offsite.daily / weekly): keep or delete each offsite set, with reasons.
     A set whose only copy is the remote one is kept unless --delete-only-copies."""
+    from stackops.offsite import last_copies, prune_remote_plan
     from stackops.offsite import prune_remote as do_prune
-    from stackops.offsite import prune_remote_plan
 
     s = settings(c, env)
     plan, decisions, doomed = prune_remote_plan(s, only_copies=delete_only_copies)
     deleted: list[str] = []
     if proceed(plan, yes=yes, dry_run=dry_run, as_json=json):
-        deleted = do_prune(s, doomed, report=reporter(), only_copies=delete_only_copies)
+        deleted = do_prune(s, doomed, report=reporter(), only_copies=delete_only_copies,
+                           confirmed_last=last_copies(decisions))
     if dry_run:
         return
     if json:

@@ -35,6 +35,10 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
 
         remote = remote_only(s, backup)
         if remote is not None and dry_run:
+            if remote.encrypted:  # the real run's first refusal (pull_set), so that the dry run does not promise more
+                from stackops.crypt import check_identity
+
+                check_identity(s.offsite.identity_file, remote.index["recipients"], f"remote copy of {remote.id}")
             print(f"dry run: {backup} exists only offsite: it would be pulled (checked, decrypted) and then restored; "
                   f"pull it first (`invoke backup.pull {backup}`) to see the whole plan")
             return
