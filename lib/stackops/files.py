@@ -105,7 +105,12 @@ def free_space(folder: Path) -> str:
 
 
 def canonical_json(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted, compact, UTF-8 JSON. A file name that is not UTF-8 reaches Python as lone surrogates
+    (os.fsdecode); they are written as JSON's own ``\\udcXX`` escapes, which ``json.loads`` reads back as the
+    same string, so such a name round-trips. Every other text is written exactly as before (checksums of
+    existing manifests are unchanged)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8",
+                                                                                             "backslashreplace")
 
 
 def sha256_file(path: Path) -> str:
