@@ -202,6 +202,8 @@ def _env(name: str, raw: Mapping[str, Any], root: Path) -> EnvConfig:
         k: _int(ports_raw.get(k), _key(name, "ports", k), 1024, 65535) for k in PORT_KEYS
     })
     password_file = str(raw.get("db_password_file") or "")
+    folders = {k: _path(root, _str(raw, k, _key(name, k))) for k in ("uploads_dir", "backups_dir", "state_dir")}
+    _apart(name, folders)
     return EnvConfig(
         name=name,
         runtime=runtime,
@@ -215,11 +217,29 @@ def _env(name: str, raw: Mapping[str, Any], root: Path) -> EnvConfig:
         db_host=_str(raw, "db_host", _key(name, "db_host")),
         db_password_file=_path(root, password_file) if password_file else None,
         ports=ports,
-        uploads_dir=_path(root, _str(raw, "uploads_dir", _key(name, "uploads_dir"))),
-        backups_dir=_path(root, _str(raw, "backups_dir", _key(name, "backups_dir"))),
-        state_dir=_path(root, _str(raw, "state_dir", _key(name, "state_dir"))),
+        uploads_dir=folders["uploads_dir"],
+        backups_dir=folders["backups_dir"],
+        state_dir=folders["state_dir"],
         protected=_bool(raw.get("protected", False), _key(name, "protected")),
     )
+
+
+def _apart(name: str, folders: dict[str, Path]) -> None:
+    """The uploads folder shares nothing with the backups or state folder (a backup would archive itself, a
+    restore that swaps the uploads folder would swap the backups or the database's files with it), and no
+    data folder is a filesystem's root."""
+    for key, path in folders.items():
+        if path.resolve() == Path(path.resolve().anchor):
+            raise ConfigError(f"config key {_key(name, key)} is {path}, the root of the filesystem: give it a "
+                              "folder of its own")
+    up = folders["uploads_dir"].resolve()
+    for key in ("backups_dir", "state_dir"):
+        other = folders[key].resolve()
+        if up == other or up in other.parents or other in up.parents:
+            raise ConfigError(f"config keys {_key(name, 'uploads_dir')} ({folders['uploads_dir']}) and "
+                              f"{_key(name, key)} ({folders[key]}) overlap: a backup would archive its own output "
+                              "and a restore of the uploads would replace the other folder too; give each a "
+                              "folder of its own")
 
 
 _OFFSITE_KEYS = {"remote", "path", "rclone_config", "daily", "weekly", "recipients", "identity_file"}

@@ -44,6 +44,12 @@ def test_each_environment_is_typed_and_separate() -> None:
         ("dev", {"protected": "maybe"}, "stackops.envs.dev.protected has bad value 'maybe'"),
         ("dev", {"db_name": "Robert'); DROP"}, "stackops.envs.dev.db_name has bad value"),
         ("dev", {"colour": "blue"}, "config key stackops.envs.dev.colour is unknown"),
+        # a backup would archive itself, a restore of the uploads would swap the other folder out too
+        ("dev", {"backups_dir": "compose/backend/uploads/bk"},
+         "/compose/backend/uploads) and stackops.envs.dev.backups_dir ("),
+        ("dev", {"uploads_dir": ".stack/dev/uploads"}, "/.stack/dev) overlap: a backup would archive"),
+        ("dev", {"uploads_dir": "backups/dev"}, "/backups/dev) overlap"),
+        ("dev", {"backups_dir": "/"}, "config key stackops.envs.dev.backups_dir is /, the root of the filesystem"),
     ],
 )
 def test_bad_config_is_one_clear_error(env: str, overrides: dict[str, object], expected: str) -> None:
