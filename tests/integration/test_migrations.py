@@ -136,6 +136,22 @@ def test_batch_of_three_with_third_failing_equals_pre_batch_state(fresh: Fresh, 
     assert snapshot(fresh) == before
 
 
+def test_an_applied_migration_renamed_to_the_long_version_is_refused_not_run_twice(fresh: Fresh,
+                                                                                  migrations_dir: Path) -> None:
+    """Before: renaming the applied 20240102_bonus.sql to 20240102000000_bonus.sql ran its UPDATE again (a
+    warning about an out-of-order file was all)."""
+    base(fresh, migrations_dir)
+    old = write_migration(migrations_dir, "20240102_bonus.sql", "UPDATE items SET label = label || ' (bonus)';",
+                          "SELECT 1;")
+    settings = with_migrations(fresh.settings, migrations_dir)
+    apply(settings, fresh.runtime, report=NullReporter())
+    before = snapshot(fresh)
+    old.rename(migrations_dir / "20240102000000_bonus.sql")
+    with pytest.raises(MigrationError, match=r"has exactly the content of 20240102_bonus\.sql"):
+        apply(settings, fresh.runtime, report=NullReporter())
+    assert snapshot(fresh) == before  # the UPDATE ran once
+
+
 def test_failure_at_commit_is_a_failed_migration_too(fresh: Fresh, migrations_dir: Path) -> None:
     base(fresh, migrations_dir)
     before = snapshot(fresh)

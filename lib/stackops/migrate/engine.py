@@ -290,6 +290,22 @@ def _refuse_unresolved(st: MigrationStatus, *, under_lock: bool) -> None:
         )
 
 
+def _refuse_renamed(files: Sequence[MigrationFile], history: Sequence[HistoryRow]) -> None:
+    """A pending file with exactly the content of an applied migration whose file is gone is that migration
+    renamed (e.g. ``20261130_x.sql`` to ``20261130000000_x.sql``): applying it would run it a second time."""
+    on_disk = {f.version for f in files}
+    gone = {h.checksum: h for h in history if h.version not in on_disk and h.status == "applied"}
+    applied = {h.version for h in history}
+    for mf in files:
+        h = gone.get(mf.checksum)
+        if h is not None and mf.version not in applied:
+            raise MigrationError(
+                f"refusing to apply: {mf.filename} has exactly the content of {h.filename}, applied in batch "
+                f"{h.batch} and no longer in the migrations folder, so it looks renamed and would run a second "
+                f"time: give it back its applied name {h.filename} (or, if it is a new migration, change it)"
+            )
+
+
 def _select(files: Sequence[MigrationFile], st: MigrationStatus, path: str | None,
             settings: Settings) -> tuple[list[MigrationFile], str]:
     pending = {e.version for e in st.having("pending")}
@@ -348,8 +364,10 @@ def apply(settings: Settings, runtime: Runtime, *, path: str | None = None, stri
     files = discover(settings.migrations.directory)
     with connect(runtime) as conn:
         holder = lock_holder(conn)  # before the history: an apply that starts in between holds the lock
-        st = compute_status(files, read_history(conn), holder)
+        history = read_history(conn)
+        st = compute_status(files, history, holder)
         server = conn.info.server_version
+    _refuse_renamed(files, history)
     # a "running" row with nobody holding the migration lock was interrupted (kill -9, a crash): refused now,
     # as under the lock; while another apply holds it, this one waits for the lock and decides again there
     _refuse_unresolved(st, under_lock=holder is None)
