@@ -23,6 +23,7 @@ import pwd
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,7 +213,11 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
         rt.stop_postgres(report)
         rt.start_postgres(report)
         pg.reload_config(rt)  # archive_timeout holds from now on (see pg.reload_config)
-        create_stanza(repo, report)
+        try:
+            create_stanza(repo, report)
+        except StackopsError:
+            archiving_off(rt, lambda: rt.restart_postgres(report), report)
+            raise
     return repo.info()
 
 
@@ -240,6 +245,16 @@ def create_stanza(tool: PgBackRest, report: Reporter) -> None:
     if not tool.info().backups:
         report.step("taking the first full pgBackRest backup")
         tool.pgbackrest("backup", what="pgbackrest backup", type="full")
+
+
+def archiving_off(runtime: Runtime, restart: Callable[[], object], report: Reporter) -> None:
+    """After ``enable`` failed past turning archiving on (the stanza, its check or the first backup): archive_mode
+    off again and the restart that applies it. Left on, every WAL segment waits in pg_wal for an archive that
+    refuses it (archive-push fails), until the disk is full and the database stops."""
+    report.warn("point-in-time recovery was not enabled: turning WAL archiving off again and restarting PostgreSQL, "
+                "so pg_wal does not keep every segment for an archive that refuses it")
+    pg.alter_system(runtime, {"archive_mode": "off"})
+    restart()
 
 
 def check_backup_type(kind: str) -> None:

@@ -60,6 +60,7 @@ from stackops.pitr import (
     PitrBackup,
     PitrInfo,
     PitrRestoreResult,
+    archiving_off,
     check_backup_type,
     check_target,
     create_stanza,
@@ -318,7 +319,11 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
                                   "archive_timeout": str(settings.pitr.archive_timeout)})
         _restart(live.rt, live, report)
         live = Live(settings, runtime)
-        create_stanza(live, report)
+        try:
+            create_stanza(live, report)
+        except StackopsError:
+            archiving_off(live.rt, lambda: _restart(live.rt, live, report), report)
+            raise
     return live.info()
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from stackops import pitr
 from stackops.config import Pitr, Settings
+from stackops.errors import StackopsError
 from stackops.report import NullReporter
 from stackops.runtime.local import LocalRuntime
 from tests.conftest import ROOT, cli_env, invoke_cli
@@ -150,3 +151,22 @@ def test_measured_rpo_after_a_crash_is_within_archive_timeout(cluster: tuple[Set
           f"{settings.pitr.archive_timeout}s, {recovered[1]} rows recovered); restore from the repository "
           f"to the end of the archive: {seconds:.1f}s")
     assert 0 <= rpo <= settings.pitr.archive_timeout + 5 <= 60
+
+
+def test_a_failed_enable_turns_archiving_off_again(cluster: tuple[Settings, LocalRuntime]) -> None:
+    """The cluster was recreated (env.down --remove-data, env.up) beside the old cluster's repository: the
+    stanza no longer matches and pitr.enable fails. Before, archive_mode stayed on with an archive-push that
+    always failed, so pg_wal kept every segment until the disk filled."""
+    settings, rt = cluster
+    pitr.enable(settings, rt, report=NullReporter())
+    rt.down(NullReporter(), remove_data=True)
+    rt.up(NullReporter())
+    with pytest.raises(StackopsError):
+        pitr.enable(settings, rt, report=NullReporter())
+    with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SHOW archive_mode").fetchone() == ("off",)
+        failed = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+        conn.execute("CREATE TABLE after_failure (x int)")
+        conn.execute("SELECT pg_switch_wal()")
+        time.sleep(2)
+        assert conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone() == failed  # nothing tries

@@ -127,6 +127,10 @@ class LocalRuntime(WithoutImages, Runtime):
     def stop_postgres(self, report: Reporter) -> None:
         self._pg_stop(report)
 
+    def restart_postgres(self, report: Reporter) -> None:
+        self._pg_stop(report)
+        self._pg_start(report)
+
     def postgres_pid(self) -> int | None:
         return self._pg_running()
 
