@@ -6,41 +6,22 @@ the side cluster running after its folder was gone. Real local runtime, real pg_
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from stackops import pitr
 from stackops.config import Settings
 from stackops.proc import run
-from stackops.report import NullReporter
 from stackops.runtime.local import LocalRuntime, _pid_alive, _read_pid
 from tests.conftest import cli_env, free_port, invoke_cli
 from tests.faults.backup_helpers import one_line
-from tests.integration.test_local_runtime import own_env
+from tests.integration.test_pitr import cluster  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.local_runtime]
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[Settings, LocalRuntime]]:
-    settings = own_env(tmp_path, "test")
-    rt = LocalRuntime(settings)
-    rt.up(NullReporter())
-    try:
-        yield settings, rt
-    finally:
-        pitr.clean_leftovers(rt, NullReporter())
-        rt.down(NullReporter(), remove_data=True)
-        if rt.pg_home.is_relative_to("/var/lib/stackops"):  # the server user could not reach tmp_path
-            shutil.rmtree(rt.pg_home.parents[1], ignore_errors=True)
-
-
 def test_remove_data_names_kept_clusters_asks_first_and_down_stops_a_leftover_side_cluster(
-        env: tuple[Settings, LocalRuntime]) -> None:
-    settings, rt = env
+        cluster: tuple[Settings, LocalRuntime]) -> None:  # noqa: F811 (the imported fixture)
+    settings, rt = cluster  # tests/integration/test_pitr.py's: its own local cluster, removed afterwards
     kept = rt.pg_home / f"{pitr.KEPT_PREFIX}20261130120000"
     run(rt.server_cmd(["mkdir", "-m", "0700", str(kept)]))
     run(rt.server_cmd(["sh", "-c", 'echo the only copy > "$1/PG_VERSION"', "sh", str(kept)]))
