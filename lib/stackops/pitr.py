@@ -210,8 +210,7 @@ def enable(settings: Settings, runtime: Runtime, *, report: Reporter) -> PitrInf
         pg.alter_system(rt, {"archive_mode": "on", "archive_command": command, "wal_level": "replica",
                              "archive_timeout": str(settings.pitr.archive_timeout),
                              "unix_socket_directories": str(SOCKET_DIR)})
-        rt.stop_postgres(report)
-        rt.start_postgres(report)
+        rt.restart_postgres(report)
         pg.reload_config(rt)  # archive_timeout holds from now on (see pg.reload_config)
         try:
             create_stanza(repo, report)

@@ -317,13 +317,13 @@ def prune(settings: Settings, *, report: Reporter, dry_run: bool = False, now: d
         # A set stands in for the ones it supersedes only when its bytes are whole: the listing checks sizes
         # alone, so each stand-in is hashed first. A damaged one takes no slot, and the decision is taken again
         # (the older set it would have replaced keeps the slot).
-        damaged: dict[str, str] = {}
+        damaged: set[str] = set()
         whole: set[str] = set()
         while True:
             decisions, doomed, _ = guarded(decide(settings, now, damaged=frozenset(damaged)), other,
                                            include_unpushed)
             doomed = [d for d in doomed if confirmed is None or d.backup.id in confirmed]
-            unchecked = sorted({i for d in doomed for i in d.superseded_by} - whole - set(damaged))
+            unchecked = sorted({i for d in doomed for i in d.superseded_by} - whole - damaged)
             if not unchecked:
                 break
             for i in unchecked:
@@ -331,7 +331,7 @@ def prune(settings: Settings, *, report: Reporter, dry_run: bool = False, now: d
                     backupset.check_files(sets[i])
                     whole.add(i)
                 except BackupCorrupt as exc:
-                    damaged[i] = str(exc)
+                    damaged.add(i)
                     report.warn(f"{i} is damaged ({str(exc).split(': ', 1)[-1]}): it stands in for no older "
                                 "backup, so those are kept; `invoke backup.list` shows it")
         total, freed, started = sum(sets[d.backup.id].size for d in doomed), 0, time.monotonic()

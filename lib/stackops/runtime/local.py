@@ -260,8 +260,11 @@ class LocalRuntime(WithoutImages, Runtime):
             report.info("PostgreSQL already stopped")
             return
         report.step(f"stopping PostgreSQL ({self.env.name})")
-        run(self._as_server([str(self.bindir / "pg_ctl"), "stop", "-m", "fast", "-w", "-t", "60",
-                             "-D", str(self.pg_data)]))
+        run(self._pg_ctl_stop(self.pg_data))
+
+    def _pg_ctl_stop(self, data: Path) -> Cmd:
+        """``pg_ctl stop`` of the cluster in ``data``: fast (sessions ended, a clean checkpoint), at most 60 s."""
+        return self._as_server([str(self.bindir / "pg_ctl"), "stop", "-m", "fast", "-w", "-t", "60", "-D", str(data)])
 
     def _pg_healthy(self) -> tuple[bool, str]:
         try:
@@ -362,8 +365,7 @@ class LocalRuntime(WithoutImages, Runtime):
             pid = _read_pid(folder / "postmaster.pid")
             if pid is not None and _pid_alive(pid, "postgres"):
                 report.step(f"stopping the PostgreSQL cluster in {folder} (left by an interrupted restore)")
-                run(self._as_server([str(self.bindir / "pg_ctl"), "stop", "-m", "fast", "-w", "-t", "60",
-                                     "-D", str(folder)]), check=False)
+                run(self._pg_ctl_stop(folder), check=False)
         if remove_data:
             report.step(f"removing the {self.env.name} PostgreSQL and Redis data")
             shutil.rmtree(self.pg_home, ignore_errors=True)
