@@ -4,7 +4,7 @@ One ``Check`` per question an operator asks after a deployment: is every service
 does the database answer (and is it not in recovery), are migrations clean, does Redis answer
 (a key round-trips; persistence on in a protected environment), does the backend answer its health
 endpoint, is the uploads folder there and writable, is the newest verified backup young enough
-(the RPO), is there disk left, was an update interrupted (its journal left behind). ``deep`` adds
+(the RPO), is there room for the next backup, was an update interrupted (its journal left behind). ``deep`` adds
 ``migrate.check``'s integrity checks. Every check is read-only except Redis' round-trip key (written
 with a 10 s expiry, then deleted) and the uploads probe file (created and removed at once).
 """
@@ -12,7 +12,6 @@ with a 10 s expiry, then deleted) and the uploads probe file (created and remove
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 import urllib.request
@@ -28,10 +27,10 @@ from stackops.migrate.history import compute_status, history_exists, read_histor
 from stackops.offsite import display, newest_age_hours
 from stackops.report import Check, Reporter
 from stackops.runtime.base import Runtime
+from stackops.space import room_for_backups
 from stackops.updatejournal import journal_check
 
 MAX_BACKUP_AGE_HOURS = 26.0  # a daily backup plus two hours of slack: the guide's daily schedule
-MIN_FREE_FRACTION = 0.10     # below 10 % free the next backup may not fit
 BACKUP_ROW = "newest verified backup"
 
 
@@ -147,20 +146,9 @@ def newest_backup_check(settings: Settings, now: datetime, max_age_hours: float)
                  f"{newest.id}, {age:.1f} h old (policy {max_age_hours:g} h)", hint)
 
 
-def _disk(settings: Settings) -> Check:
-    folders = {"backups": settings.env.backups_dir, "uploads": settings.env.uploads_dir}
-    low = []
-    seen = []
-    for label, folder in folders.items():
-        probe = folder
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        usage = shutil.disk_usage(probe)
-        free = usage.free / usage.total if usage.total else 0.0
-        seen.append(f"{label} {free:.0%} free")
-        if free < MIN_FREE_FRACTION:
-            low.append(f"{label} ({probe}): {free:.0%} free")
-    return Check("free disk", not low, "; ".join(low) if low else ", ".join(seen),
+def _disk(settings: Settings, runtime: Runtime) -> Check:
+    ok, detail = room_for_backups(settings, runtime)
+    return Check("free disk", ok, detail,
                  f"free space (e.g. `invoke backup.prune --env {settings.env.name}`) or grow the filesystem")
 
 
@@ -189,8 +177,8 @@ def check_deployment(settings: Settings, runtime: Runtime, *, report: Reporter, 
     backend = _backend(runtime)
     if backend is not None:
         checks.append(backend)
-    checks += [_uploads(settings), newest_backup_check(settings, moment, max_backup_age_hours), _disk(settings),
-               journal_check(settings)]
+    checks += [_uploads(settings), newest_backup_check(settings, moment, max_backup_age_hours),
+               _disk(settings, runtime), journal_check(settings)]
     if settings.offsite.enabled:
         report.info("checking the newest offsite copy")
         checks.append(_offsite(settings, moment, max_backup_age_hours))

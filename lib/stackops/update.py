@@ -21,12 +21,10 @@ The journal's format and status live in ``stackops.updatejournal``.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from stackops import backupset, pg
@@ -34,18 +32,16 @@ from stackops.backup import create_backup
 from stackops.config import Settings
 from stackops.deploycheck import BACKUP_ROW, check_deployment
 from stackops.errors import LockBusy, RollbackFailed, StackopsError, UpdateRefused
-from stackops.files import dir_size, sha256_file
+from stackops.files import sha256_file
 from stackops.lock import env_lock
 from stackops.migrate.engine import apply as apply_migrations
 from stackops.migrate.files import discover
 from stackops.migrate.history import compute_status, history_exists, read_history
-from stackops.report import Check, Plan, Reporter
+from stackops.report import Check, Plan, Reporter, human_bytes
 from stackops.restore import restore_database
 from stackops.runtime.base import NO_IMAGES, Runtime
+from stackops.space import backup_need, free_bytes
 from stackops.updatejournal import clear, journal_path, journal_status, read_journal, write
-
-DISK_MARGIN = 1.25             # a new backup is estimated at 1.25 x the newest full one
-DISK_SLACK = 64 * 1024 * 1024  # plus 64 MiB
 
 
 # ----- results -------------------------------------------------------------------------------------
@@ -110,23 +106,6 @@ class _Timer:
 
 
 # ----- preflight -------------------------------------------------------------------------------------
-def _free_bytes(folder: Path) -> int:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def _backup_estimate(settings: Settings, runtime: Runtime) -> tuple[int, str]:
-    fulls = [b for b in backupset.list_backups(settings) if b.kind == "full"]
-    if fulls:
-        return int(fulls[0].size * DISK_MARGIN) + DISK_SLACK, f"newest full backup {fulls[0].id} was {fulls[0].size} B"
-    with pg.connect(runtime, timeout=5) as conn:
-        size = pg.data_size(conn)
-    uploads = dir_size(settings.env.uploads_dir) if settings.env.uploads_dir.is_dir() else 0
-    return int((size + uploads) * DISK_MARGIN) + DISK_SLACK, f"no full backup yet: data {size} B + uploads {uploads} B"
-
-
 def preflight(settings: Settings, runtime: Runtime) -> tuple[list[Check], list[str]]:
     """Every check that runs before an update changes anything; (checks, pending migration names)."""
     env = settings.env.name
@@ -154,10 +133,11 @@ def preflight(settings: Settings, runtime: Runtime) -> tuple[list[Check], list[s
         checks.append(Check("no failed or drifted migration", not bad,
                             f"not clean: {pg.listed(bad)}" if bad else f"{len(pending)} pending",
                             f"`invoke migrate.status --env {env}`; `invoke migrate.rollback` or restore the file"))
-        need, why = _backup_estimate(settings, runtime)
-        free = _free_bytes(settings.env.backups_dir)
+        need, why = backup_need(settings, runtime)
+        free = free_bytes(settings.env.backups_dir)
         checks.append(Check("disk space for the backup", free >= need,
-                            f"{free} B free in {settings.env.backups_dir}, a backup needs about {need} B ({why})",
+                            f"{human_bytes(free)} free in {settings.env.backups_dir}, a backup needs about "
+                            f"{human_bytes(need)} ({why})",
                             f"free space: `invoke backup.prune --env {env}`"))
     except (StackopsError, pg.Error, OSError) as exc:
         checks.append(Check("database answers", False, pg.first_line(exc), f"`invoke env.up --env {env}`"))

@@ -4,6 +4,8 @@ failing by a planted fault and passing once it is repaired."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,17 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from stackops import pg
 from stackops.backup import create_backup
 from stackops.config import Settings
 from stackops.deploycheck import check_deployment
 from stackops.errors import CheckFailed
 from stackops.migrate.engine import apply
-from stackops.report import NullReporter
+from stackops.report import Check, NullReporter
 from stackops.verify import verify_backup
 from tests.conftest import Fresh, Harness, cli_env, free_port, invoke_cli
 from tests.integration.conftest import with_migrations, write_migration
 
 pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
 
 
 def failing(settings: Settings, fresh: Fresh, **kwargs: object) -> list[str]:
@@ -70,19 +74,61 @@ def test_stale_or_missing_backup_fails_the_rpo_check(ready: Settings, fresh: Fre
 
 
 def test_unwritable_uploads_folder_fails(ready: Settings, fresh: Fresh) -> None:
-    with mounted(ready.env.uploads_dir, "ro", "size=1m"):
+    with mounted(ready.env.uploads_dir, "ro", "size=128m"):
         assert failing(ready, fresh) == ["uploads folder writable"]
     assert failing(ready, fresh) == []
 
 
-def test_low_disk_fails(ready: Settings, fresh: Fresh, tmp_path: Path) -> None:
+def _leave_free(folder: Path, free: int) -> Path:
+    """Fill ``folder``'s (tmpfs) filesystem until ``free`` bytes are left; the filler file."""
+    filler = folder / f"filler-{len(list(folder.glob('filler-*')))}"
+    with filler.open("wb") as f:
+        os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(folder).free - free)
+    return filler
+
+
+def _disk_row(settings: Settings, fresh: Fresh) -> Check:
+    result = check_deployment(settings, fresh.runtime, report=NullReporter())
+    return next(c for c in result.checks if c.name == "free disk")
+
+
+def test_free_disk_is_bytes_the_next_backup_needs_not_a_percentage(ready: Settings, fresh: Fresh,
+                                                                     tmp_path: Path) -> None:
+    """CI's disk once had 26 GB free of 252 (10 %): the old 10 % rule failed the check, the update's
+    check phase and every update test, while the next backup needed megabytes."""
     small = tmp_path / "small"
-    with mounted(small, "size=1m"):
-        (small / "filler").write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))
+    with mounted(small, "size=1g"):
         tight = replace(ready, env=replace(ready.env, uploads_dir=small))
-        assert failing(tight, fresh) == ["free disk"]
-        (small / "filler").unlink()
+        _leave_free(small, 92 * MiB)  # 9 % free, still room for many backups of this database
+        row = _disk_row(tight, fresh)
+        assert row.ok, row.detail
         assert failing(tight, fresh) == []
+        _leave_free(small, 32 * MiB)  # less than the 64 MiB the uploads folder is asked to keep free
+        row = _disk_row(tight, fresh)
+        assert not row.ok and f"uploads ({small}): 32.0 MiB free, short of 64.0 MiB" in row.detail, row.detail
+        assert failing(tight, fresh) == ["free disk"]
+
+
+def test_free_disk_grows_with_the_newest_full_backup(ready: Settings, fresh: Fresh, tmp_path: Path) -> None:
+    with pg.connect(fresh.runtime) as conn:
+        conn.execute("CREATE TABLE blobs (b bytea)")
+        with conn.cursor().copy("COPY blobs (b) FROM STDIN") as copy:
+            for _ in range(40):
+                copy.write_row([os.urandom(MiB)])  # incompressible: the backup is about 40 MiB
+        conn.commit()
+    folder = tmp_path / "backups-small"
+    with mounted(folder, "size=400m"):
+        tight = replace(ready, env=replace(ready.env, backups_dir=folder))
+        backup = create_backup(tight, fresh.runtime, kind="full", report=NullReporter())
+        assert backup.size > 40 * MiB
+        need = int(backup.size * 1.25) + 64 * MiB  # about 114 MiB
+        filler = _leave_free(folder, need + 8 * MiB)
+        row = _disk_row(tight, fresh)
+        assert row.ok and f"newest full backup {backup.id}" in row.detail, row.detail
+        filler.unlink()
+        _leave_free(folder, need - 8 * MiB)  # above the fixed 64 MiB, below what the next backup needs
+        row = _disk_row(tight, fresh)
+        assert not row.ok and "short of" in row.detail and backup.id in row.detail, row.detail
 
 
 @pytest.mark.local_runtime  # points the environment at a closed Redis port: the compose runtime asks Docker
