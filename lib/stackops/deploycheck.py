@@ -6,7 +6,8 @@ does the database answer (and is it not in recovery), are migrations clean, does
 endpoint, is the uploads folder there and writable, is the newest verified backup young enough
 (the RPO), is there room for the next backup, was an update interrupted (its journal left behind). ``deep`` adds
 ``migrate.check``'s integrity checks. Every check is read-only except Redis' round-trip key (written
-with a 10 s expiry, then deleted) and the uploads probe file (created and removed at once).
+with a 10 s expiry, then deleted) and the uploads probe file (created and removed at once). With WAL archiving on
+(PITR), a row says whether archiving works (``pg_stat_archiver``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from stackops import backupset, pg
 from stackops.config import Settings
@@ -66,6 +68,7 @@ def _database(runtime: Runtime, settings: Settings) -> list[Check]:
             recovering = bool(row and row[0])
             files = discover(settings.migrations.directory)
             st = compute_status(files, read_history(conn), None, history_exists(conn))
+            archiving = _archiving(conn, env)
     except (StackopsError, pg.Error) as exc:
         return [Check("database answers", False, pg.first_line(exc), f"start it with `invoke env.up --env {env}`")]
     checks = [Check("database answers", not recovering,
@@ -78,7 +81,30 @@ def _database(runtime: Runtime, settings: Settings) -> list[Check]:
     checks.append(Check("migrations applied and clean", not pending and not broken,
                         detail or f"{len(files)} applied, none pending, drifted or failed",
                         f"`invoke migrate.status --env {env}`, then `invoke migrate.apply --env {env}`"))
-    return checks
+    return checks + ([archiving] if archiving else [])
+
+
+def _archiving(conn: Any, env: str) -> Check | None:
+    """With WAL archiving on (PITR enabled): does it work? A failing ``archive_command`` breaks the
+    point-in-time promise without a sound, and pg_wal grows until the server's disk is full.
+    PostgreSQL retries a failed segment for ever, so "the last failure is newer than the last success"
+    is the failing state; one failure retried with success reads as working."""
+    mode = conn.execute("SELECT current_setting('archive_mode')").fetchone()
+    if mode is None or mode[0] == "off":
+        return None
+    row = conn.execute("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
+                       "last_failed_wal, last_failed_time FROM pg_stat_archiver").fetchone()
+    name = "WAL archiving works"
+    if row is None:
+        return None
+    archived, last_wal, last_time, failed, failed_wal, failed_time = row
+    if failed_time is not None and (last_time is None or failed_time > last_time):
+        return Check(name, False, f"archiving {failed_wal} fails since {failed_time:%Y-%m-%d %H:%M:%S %Z} "
+                                  f"({failed} failures; last archived: "
+                                  f"{f'{last_wal} at {last_time:%Y-%m-%d %H:%M:%S %Z}' if last_time else 'none'}); "
+                                  "point-in-time recovery cannot reach past it and pg_wal grows",
+                     f"read the server's log for archive_command's error and `invoke pitr.info --env {env}`")
+    return Check(name, True, f"{archived} WAL segments archived" + (f", last {last_wal}" if last_wal else ""))
 
 
 def _redis(runtime: Runtime, settings: Settings) -> Check:
