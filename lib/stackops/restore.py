@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stackops import journal, pg
+from stackops import journal, pg, space
 from stackops.backupset import TMP_PREFIX, BackupSet, StreamedFile, check_files, decompressor, find_backup
 from stackops.config import Settings
 from stackops.errors import (
@@ -337,6 +337,24 @@ def changed_since_backup(runtime: Runtime, db: str, expected: dict[str, int]) ->
     return out
 
 
+def _room_on_server(runtime: Runtime, source: BackupSet | Path, live: str, report: Reporter, *, uploads: bool,
+                    skip: bool) -> str:
+    """The server's disk must hold the copy loaded beside ``live`` (``stackops.space.server_room``):
+    refused in one line before anything is created. Only the new copy needs room: the swap renames the
+    live database to ``<db>_pre_restore_...`` (ALTER DATABASE RENAME: the same files where they are),
+    it never copies it. What keeping it costs is that its space is not given back until that copy is
+    dropped (`invoke restore.previous`), so the next restore or verify finds less free space."""
+    if isinstance(source, Path):
+        name, recorded, archive = source.name, None, source.stat().st_size
+        retry = f"invoke restore.db {source} --skip-space-check"
+    else:
+        name, (recorded, archive) = source.id, space.recorded_sizes(source)
+        retry = f"invoke {'restore' if uploads else 'restore.db'} {source.id} --skip-space-check"
+    return space.check_server_room(runtime, live, name, recorded=recorded, archive=archive,
+                                   what=f"{'restore' if uploads else 'restore.db'} of {name}", retry=retry,
+                                   report=report, skip=skip)
+
+
 def _preflight_swap(runtime: Runtime, live: str) -> None:
     """The database rename can only be refused for permissions: checked before anything is swapped."""
     with pg.admin(runtime) as conn:
@@ -538,7 +556,7 @@ def _source(settings: Settings, ref: str, uploads: bool) -> BackupSet | Path:
 
 
 def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter, uploads: bool = False,
-                 newest_migration: str | None = None) -> Plan:
+                 newest_migration: str | None = None, skip_space_check: bool = False) -> Plan:
     """What a restore would do, after running every check it would run first (nothing is touched)."""
     env = settings.env
     live = env.db_name
@@ -549,11 +567,17 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
     else:
         preflight(settings, runtime, found, report, newest_migration)
         source = found.id
+    try:
+        room = _room_on_server(runtime, found, live, report, uploads=uploads, skip=skip_space_check)
+    except pg.Error as exc:
+        raise RestoreError(f"the database server failed before anything was touched ({pg.first_line(exc)})") \
+            from None
     what = f"{live}{' and its uploads' if uploads else ''}"
-    steps = [f"load {source} into a new database beside {live} and check its row counts",
+    steps = [f"check the server's disk: {room}",
+             f"load {source} into a new database beside {live} and check its row counts",
              f"swap it in; keep the current {live} as {kept_prefix(live)}<timestamp>"]
     if isinstance(found, Path):
-        steps[0] = (f"load {source} into a new database beside {live}, show its row counts (an old-format dump "
+        steps[1] = (f"load {source} into a new database beside {live}, show its row counts (an old-format dump "
                     "has no manifest to check them against) and ask before swapping")
     destroys = [f"the live database {live} is replaced (kept as {kept_prefix(live)}<timestamp>)"]
     if uploads:
@@ -565,11 +589,14 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
 
 def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter,
                      uploads: bool = False, newest_migration: str | None = None,
-                     approve: Callable[[Plan], None] | None = None) -> RestoreResult:
+                     approve: Callable[[Plan], None] | None = None,
+                     skip_space_check: bool = False) -> RestoreResult:
     """Restore a backup set (or a guide-format ``*.sql.gz``) over the environment's database,
     and with ``uploads`` its uploads folder too. Confirmation is the caller's (the cli's plan flow);
     for a dump without a manifest, ``approve`` is called with a plan of the row counts about to be
-    swapped in (it raises to refuse; None: the caller has approved already)."""
+    swapped in (it raises to refuse; None: the caller has approved already). Refused (StorageFull)
+    before anything is created when the server's disk has no room for the copy, unless
+    ``skip_space_check``."""
     started = time.monotonic()
     live = settings.env.db_name
     with env_lock(settings.env.backups_dir, "restore"):
@@ -577,11 +604,12 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
         try:
             backup = _source(settings, ref, uploads)
             if isinstance(backup, Path):
-                return _restore_plain(settings, runtime, backup, report, started, approve)
+                return _restore_plain(settings, runtime, backup, report, started, approve, skip_space_check)
             # restore.db of a full set: the uploads archive's sha256 is read while the database loads (below)
             later = () if uploads or backup.file("uploads") is None else ("uploads",)
             preflight(settings, runtime, backup, report, newest_migration, streamed=("database", *later))
             _preflight_swap(runtime, live)
+            _room_on_server(runtime, backup, live, report, uploads=uploads, skip=skip_space_check)
             u = _uploads_plan(settings) if uploads else None
             target = _create_side(runtime, live)
         except pg.Error as exc:
@@ -625,12 +653,13 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
 
 
 def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Reporter, started: float,
-                   approve: Callable[[Plan], None] | None) -> RestoreResult:
+                   approve: Callable[[Plan], None] | None, skip_space_check: bool) -> RestoreResult:
     """The old shell script's ``database_backup_*.sql.gz``: plain SQL, checked whole and complete, loaded
     beside with ON_ERROR_STOP, required to hold user tables, and its row counts approved before the swap."""
     check_plain_dump(path)
     live = settings.env.db_name
     _preflight_swap(runtime, live)
+    _room_on_server(runtime, path, live, report, uploads=False, skip=skip_space_check)
     target = _create_side(runtime, live)
     try:
         report.step(f"loading plain SQL dump {path.name} into {target}")
