@@ -216,10 +216,12 @@ def _cores() -> int:
 COPY_ROOM = 10  # a custom archive is at most ~10x its zstd size for ImpactBot data (text ~3-4x)
 
 
-def _seekable_copy_dir(runtime: Runtime, backup: BackupSet) -> Path | None:
+def _seekable_copy_dir(runtime: Runtime, backup: BackupSet, reserve: int = 0) -> Path | None:
     """A private folder for a decompressed, seekable copy of the archive (for ``pg_restore --jobs``),
     when that pays and is possible: two cores or more, zstd, a pg_restore that reads this machine's
-    files (not inside a container), and room for the copy with 5 % of the filesystem left free.
+    files (not inside a container), and room for the copy with 5 % of the filesystem left free, and
+    ``reserve`` too: the bytes the load needs on the server's disk, which may be this very filesystem
+    (a local cluster beside its backups folder), where the copy and the load must fit together.
     It is a ``.tmp-`` folder in the backups folder: a killed restore's copy is removed like a killed
     backup's folder. None: stream into a single pg_restore."""
     dump = backup.file("database")
@@ -231,7 +233,7 @@ def _seekable_copy_dir(runtime: Runtime, backup: BackupSet) -> Path | None:
     except OSError:
         return None
     free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-    if free - COPY_ROOM * dump.stat().st_size < total // 20:
+    if free - COPY_ROOM * dump.stat().st_size - reserve < total // 20:
         return None
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}load-", dir=folder))
 
@@ -256,8 +258,9 @@ def _feed(source: StreamedFile, cmds: list[Cmd], watch: Callable[[int, int], Non
         feeder.join()
 
 
-def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Reporter) -> None:
-    """pg_restore the set's database archive into the existing empty database ``target``."""
+def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Reporter, reserve: int = 0) -> None:
+    """pg_restore the set's database archive into the existing empty database ``target``; ``reserve``:
+    the bytes the load needs on the server's disk (see ``_seekable_copy_dir``)."""
     dump = backup.file("database")
     if dump is None:
         raise BackupCorrupt(f"backup {backup.id} has no database archive")
@@ -282,7 +285,7 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
     def progress(read: int, _written: int) -> None:
         report.progress("loading", read, started, total=size)
 
-    copy_dir = _seekable_copy_dir(runtime, backup)
+    copy_dir = _seekable_copy_dir(runtime, backup, reserve)
     if copy_dir is None:
         _feed(source, [decompressor(backup.compression, None), restore], watch=progress)
     else:
@@ -338,7 +341,7 @@ def changed_since_backup(runtime: Runtime, db: str, expected: dict[str, int]) ->
 
 
 def _room_on_server(runtime: Runtime, source: BackupSet | Path, live: str, report: Reporter, *, uploads: bool,
-                    skip: bool) -> str:
+                    skip: bool) -> tuple[str, int]:
     """The server's disk must hold the copy loaded beside ``live`` (``stackops.space.server_room``):
     refused in one line before anything is created. Only the new copy needs room: the swap renames the
     live database to ``<db>_pre_restore_...`` (ALTER DATABASE RENAME: the same files where they are),
@@ -568,7 +571,7 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
         preflight(settings, runtime, found, report, newest_migration)
         source = found.id
     try:
-        room = _room_on_server(runtime, found, live, report, uploads=uploads, skip=skip_space_check)
+        room, _ = _room_on_server(runtime, found, live, report, uploads=uploads, skip=skip_space_check)
     except pg.Error as exc:
         raise RestoreError(f"the database server failed before anything was touched ({pg.first_line(exc)})") \
             from None
@@ -609,7 +612,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
             later = () if uploads or backup.file("uploads") is None else ("uploads",)
             preflight(settings, runtime, backup, report, newest_migration, streamed=("database", *later))
             _preflight_swap(runtime, live)
-            _room_on_server(runtime, backup, live, report, uploads=uploads, skip=skip_space_check)
+            _, need = _room_on_server(runtime, backup, live, report, uploads=uploads, skip=skip_space_check)
             u = _uploads_plan(settings) if uploads else None
             target = _create_side(runtime, live)
         except pg.Error as exc:
@@ -619,7 +622,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
         try:
             # checked before the swap like every other file; a mismatch drops the loaded copy (below)
             later_checks = [checking.submit(StreamedFile(backup, role).read_and_check) for role in later]
-            load_archive(runtime, backup, target, report)
+            load_archive(runtime, backup, target, report, reserve=need)
             counts = compare_counts(runtime, target, backup.manifest["row_counts"])
             report.info(f"row counts match the backup for {len(counts)} tables")
             for done in later_checks:

@@ -125,21 +125,22 @@ def server_room(runtime: Runtime, live: str, source: str, *, recorded: int | Non
 
 
 def check_server_room(runtime: Runtime, live: str, source: str, *, recorded: int | None, archive: int,
-                      what: str, retry: str, report: Reporter, skip: bool = False) -> str:
+                      what: str, retry: str, report: Reporter, skip: bool = False) -> tuple[str, int]:
     """Refuse (StorageFull, one line) a load that the server's disk has no room for, before anything is
-    created; otherwise report the outcome and return it as one line (for a dry run's plan too). A
+    created; otherwise report the outcome and return it as one line (for a dry run's plan too) with the
+    bytes the load needs (0: not estimated, with ``skip``). A
     runtime that cannot see the server's disk (external) is not checked, and says so; ``skip``: the
     operator's --skip-space-check. ``what``: the refused operation; ``retry``: its command with the flag."""
     if skip:
         line = "the database server's free disk space was not checked (--skip-space-check)"
         report.warn(line)
-        return line
+        return line, 0
     room = server_room(runtime, live, source, recorded=recorded, archive=archive)
     if room.free is None:
         line = (f"the database server's free disk space is unknown to the {runtime.kind} runtime: not checked "
                 f"(loading {source} needs about {human_bytes(room.need)}: {room.why})")
         report.info(line)
-        return line
+        return line, room.need
     if room.short:
         raise StorageFull(f"{what} refused: the database server's disk has {human_bytes(room.free)} free, loading "
                           f"{source} beside {live} needs about {human_bytes(room.need)} ({room.why}); nothing was "
@@ -148,4 +149,4 @@ def check_server_room(runtime: Runtime, live: str, source: str, *, recorded: int
     line = (f"the database server's disk has {human_bytes(room.free)} free, loading {source} needs about "
             f"{human_bytes(room.need)} ({room.why})")
     report.info(line)
-    return line
+    return line, room.need

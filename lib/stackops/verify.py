@@ -90,7 +90,7 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
         live = settings.env.db_name
         try:  # before the try below: a refusal for room is not a FAILED verification of the backup
             recorded, archive = space.recorded_sizes(backup)
-            space.check_server_room(runtime, live, backup.id, recorded=recorded, archive=archive,
+            _, need = space.check_server_room(runtime, live, backup.id, recorded=recorded, archive=archive,
                                     what=f"backup.verify of {backup.id}",
                                     retry=f"invoke backup.verify --backup {backup.id} --skip-space-check",
                                     report=report, skip=skip_space_check)
@@ -107,7 +107,7 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
             try:
                 checked = pool.submit(backupset.check_uploads, backup)
                 pg.create_database(runtime, scratch)
-                load_archive(runtime, backup, scratch, report)
+                load_archive(runtime, backup, scratch, report, reserve=need)
                 uploads = checked.result()
             finally:
                 pool.shutdown(wait=True)
