@@ -335,6 +335,8 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         # waits for a lock longer than the configured timeout, and a failure or Ctrl-C cancels the reader
         pg.limit_lock_waits(conn, wait)
         data_size = pg.data_size(conn)  # for progress: what pg_dump will write, roughly
+        # the database's size with indexes: what a restore or verify of this set needs on the server's disk
+        database_bytes = pg.database_size(conn)
         # the frozen uploads (hard links, hashed) need no snapshot: archived while pg_dump streams
         pool = ThreadPoolExecutor(max_workers=2)
         stop = threading.Event()
@@ -379,6 +381,7 @@ def _take(settings: Settings, runtime: Runtime, kind: str, report: Reporter, tmp
         "migration_head": head,
         "image_digests": runtime.image_digests(),
         "row_counts": counts,
+        "database_bytes": database_bytes,
         "uploads": uploads_info,
         "files": files,
     }

@@ -205,6 +205,9 @@ def _malformed(m: dict[str, Any]) -> str:
             return f"file name {name!r} is not a plain name"
         if not sized_and_hashed(entry) or not isinstance(entry.get("role"), str):
             return f"the entry of {name!r} lacks a role, a size or a sha256"
+    size = m.get("database_bytes")  # absent in sets written before it was recorded
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        return "database_bytes is not a size in bytes"
     counts = m.get("row_counts", {})
     if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
         return "row_counts is not a mapping of tables to numbers"

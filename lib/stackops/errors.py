@@ -97,7 +97,7 @@ class CommandFailed(StackopsError):
 
 
 class StorageFull(StackopsError, code=19):
-    """A filesystem filled up; what was being written was removed, nothing else was touched."""
+    """A filesystem filled up or lacks room; what was being written was removed, nothing else was touched."""
 
 
 # ----- backups -----------------------------------------------------------------------------------

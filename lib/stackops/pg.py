@@ -190,6 +190,12 @@ def database_size(conn: psycopg.Connection[Any], name: str | None = None) -> int
     return int(row[0]) if row else 0
 
 
+def max_wal_size(conn: psycopg.Connection[Any]) -> int:
+    """``max_wal_size`` in bytes: about how much WAL the server keeps before a checkpoint recycles it."""
+    row = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()
+    return int(row[0]) if row else 0
+
+
 def table_sizes(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int, int]]:
     """The guide's "Check database size": (schema, table, total bytes with indexes and TOAST, estimated
     rows) of every user table, largest first. Rows: the planner's estimate, or the live-tuple count

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stackops import journal, pg
+from stackops import journal, pg, space
 from stackops.backupset import TMP_PREFIX, BackupSet, StreamedFile, check_files, decompressor, find_backup
 from stackops.config import Settings
 from stackops.errors import (
@@ -216,10 +216,12 @@ def _cores() -> int:
 COPY_ROOM = 10  # a custom archive is at most ~10x its zstd size for ImpactBot data (text ~3-4x)
 
 
-def _seekable_copy_dir(runtime: Runtime, backup: BackupSet) -> Path | None:
+def _seekable_copy_dir(runtime: Runtime, backup: BackupSet, reserve: int = 0) -> Path | None:
     """A private folder for a decompressed, seekable copy of the archive (for ``pg_restore --jobs``),
     when that pays and is possible: two cores or more, zstd, a pg_restore that reads this machine's
-    files (not inside a container), and room for the copy with 5 % of the filesystem left free.
+    files (not inside a container), and room for the copy with 5 % of the filesystem left free, and
+    ``reserve`` too: the bytes the load needs on the server's disk, which may be this very filesystem
+    (a local cluster beside its backups folder), where the copy and the load must fit together.
     It is a ``.tmp-`` folder in the backups folder: a killed restore's copy is removed like a killed
     backup's folder. None: stream into a single pg_restore."""
     dump = backup.file("database")
@@ -231,7 +233,7 @@ def _seekable_copy_dir(runtime: Runtime, backup: BackupSet) -> Path | None:
     except OSError:
         return None
     free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-    if free - COPY_ROOM * dump.stat().st_size < total // 20:
+    if free - COPY_ROOM * dump.stat().st_size - reserve < total // 20:
         return None
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}load-", dir=folder))
 
@@ -256,8 +258,9 @@ def _feed(source: StreamedFile, cmds: list[Cmd], watch: Callable[[int, int], Non
         feeder.join()
 
 
-def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Reporter) -> None:
-    """pg_restore the set's database archive into the existing empty database ``target``."""
+def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Reporter, reserve: int = 0) -> None:
+    """pg_restore the set's database archive into the existing empty database ``target``; ``reserve``:
+    the bytes the load needs on the server's disk (see ``_seekable_copy_dir``)."""
     dump = backup.file("database")
     if dump is None:
         raise BackupCorrupt(f"backup {backup.id} has no database archive")
@@ -282,7 +285,7 @@ def load_archive(runtime: Runtime, backup: BackupSet, target: str, report: Repor
     def progress(read: int, _written: int) -> None:
         report.progress("loading", read, started, total=size)
 
-    copy_dir = _seekable_copy_dir(runtime, backup)
+    copy_dir = _seekable_copy_dir(runtime, backup, reserve)
     if copy_dir is None:
         _feed(source, [decompressor(backup.compression, None), restore], watch=progress)
     else:
@@ -335,6 +338,24 @@ def changed_since_backup(runtime: Runtime, db: str, expected: dict[str, int]) ->
     out += [f"{t} (new, {got[t]} rows)" for t in sorted(got) if t not in expected]
     out += [f"{t} (missing now)" for t in sorted(expected) if t not in got]
     return out
+
+
+def _room_on_server(runtime: Runtime, source: BackupSet | Path, live: str, report: Reporter, *, uploads: bool,
+                    skip: bool) -> tuple[str, int]:
+    """The server's disk must hold the copy loaded beside ``live`` (``stackops.space.server_room``):
+    refused in one line before anything is created. Only the new copy needs room: the swap renames the
+    live database to ``<db>_pre_restore_...`` (ALTER DATABASE RENAME: the same files where they are),
+    it never copies it. What keeping it costs is that its space is not given back until that copy is
+    dropped (`invoke restore.previous`), so the next restore or verify finds less free space."""
+    if isinstance(source, Path):
+        name, recorded, archive = source.name, None, source.stat().st_size
+        retry = f"invoke restore.db {source} --skip-space-check"
+    else:
+        name, (recorded, archive) = source.id, space.recorded_sizes(source)
+        retry = f"invoke {'restore' if uploads else 'restore.db'} {source.id} --skip-space-check"
+    return space.check_server_room(runtime, live, name, recorded=recorded, archive=archive,
+                                   what=f"{'restore' if uploads else 'restore.db'} of {name}", retry=retry,
+                                   report=report, skip=skip)
 
 
 def _preflight_swap(runtime: Runtime, live: str) -> None:
@@ -538,7 +559,7 @@ def _source(settings: Settings, ref: str, uploads: bool) -> BackupSet | Path:
 
 
 def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter, uploads: bool = False,
-                 newest_migration: str | None = None) -> Plan:
+                 newest_migration: str | None = None, skip_space_check: bool = False) -> Plan:
     """What a restore would do, after running every check it would run first (nothing is touched)."""
     env = settings.env
     live = env.db_name
@@ -549,11 +570,17 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
     else:
         preflight(settings, runtime, found, report, newest_migration)
         source = found.id
+    try:
+        room, _ = _room_on_server(runtime, found, live, report, uploads=uploads, skip=skip_space_check)
+    except pg.Error as exc:
+        raise RestoreError(f"the database server failed before anything was touched ({pg.first_line(exc)})") \
+            from None
     what = f"{live}{' and its uploads' if uploads else ''}"
-    steps = [f"load {source} into a new database beside {live} and check its row counts",
+    steps = [f"check the server's disk: {room}",
+             f"load {source} into a new database beside {live} and check its row counts",
              f"swap it in; keep the current {live} as {kept_prefix(live)}<timestamp>"]
     if isinstance(found, Path):
-        steps[0] = (f"load {source} into a new database beside {live}, show its row counts (an old-format dump "
+        steps[1] = (f"load {source} into a new database beside {live}, show its row counts (an old-format dump "
                     "has no manifest to check them against) and ask before swapping")
     destroys = [f"the live database {live} is replaced (kept as {kept_prefix(live)}<timestamp>)"]
     if uploads:
@@ -565,11 +592,14 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
 
 def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter,
                      uploads: bool = False, newest_migration: str | None = None,
-                     approve: Callable[[Plan], None] | None = None) -> RestoreResult:
+                     approve: Callable[[Plan], None] | None = None,
+                     skip_space_check: bool = False) -> RestoreResult:
     """Restore a backup set (or a guide-format ``*.sql.gz``) over the environment's database,
     and with ``uploads`` its uploads folder too. Confirmation is the caller's (the cli's plan flow);
     for a dump without a manifest, ``approve`` is called with a plan of the row counts about to be
-    swapped in (it raises to refuse; None: the caller has approved already)."""
+    swapped in (it raises to refuse; None: the caller has approved already). Refused (StorageFull)
+    before anything is created when the server's disk has no room for the copy, unless
+    ``skip_space_check``."""
     started = time.monotonic()
     live = settings.env.db_name
     with env_lock(settings.env.backups_dir, "restore"):
@@ -577,11 +607,12 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
         try:
             backup = _source(settings, ref, uploads)
             if isinstance(backup, Path):
-                return _restore_plain(settings, runtime, backup, report, started, approve)
+                return _restore_plain(settings, runtime, backup, report, started, approve, skip_space_check)
             # restore.db of a full set: the uploads archive's sha256 is read while the database loads (below)
             later = () if uploads or backup.file("uploads") is None else ("uploads",)
             preflight(settings, runtime, backup, report, newest_migration, streamed=("database", *later))
             _preflight_swap(runtime, live)
+            _, need = _room_on_server(runtime, backup, live, report, uploads=uploads, skip=skip_space_check)
             u = _uploads_plan(settings) if uploads else None
             target = _create_side(runtime, live)
         except pg.Error as exc:
@@ -591,7 +622,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
         try:
             # checked before the swap like every other file; a mismatch drops the loaded copy (below)
             later_checks = [checking.submit(StreamedFile(backup, role).read_and_check) for role in later]
-            load_archive(runtime, backup, target, report)
+            load_archive(runtime, backup, target, report, reserve=need)
             counts = compare_counts(runtime, target, backup.manifest["row_counts"])
             report.info(f"row counts match the backup for {len(counts)} tables")
             for done in later_checks:
@@ -625,12 +656,13 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
 
 
 def _restore_plain(settings: Settings, runtime: Runtime, path: Path, report: Reporter, started: float,
-                   approve: Callable[[Plan], None] | None) -> RestoreResult:
+                   approve: Callable[[Plan], None] | None, skip_space_check: bool) -> RestoreResult:
     """The old shell script's ``database_backup_*.sql.gz``: plain SQL, checked whole and complete, loaded
     beside with ON_ERROR_STOP, required to hold user tables, and its row counts approved before the swap."""
     check_plain_dump(path)
     live = settings.env.db_name
     _preflight_swap(runtime, live)
+    _room_on_server(runtime, path, live, report, uploads=False, skip=skip_space_check)
     target = _create_side(runtime, live)
     try:
         report.step(f"loading plain SQL dump {path.name} into {target}")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stackops import backupset, pg
+from stackops import backupset, pg, space
 from stackops.config import Settings
 from stackops.errors import BackupCorrupt, DatabaseUnavailable, ServiceError, StackopsError, StorageFull
 from stackops.files import free_space
@@ -73,8 +73,11 @@ def _server_answers(runtime: Runtime) -> bool:
     return True
 
 
-def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter) -> VerifyResult:
-    """Restore into a scratch database, compare row counts, run amcheck, drop it, record the result."""
+def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Reporter,
+                  skip_space_check: bool = False) -> VerifyResult:
+    """Restore into a scratch database, compare row counts, run amcheck, drop it, record the result.
+    Refused (StorageFull, nothing created, nothing recorded: the backup is not at fault) when the
+    server's disk has no room for the scratch copy, unless ``skip_space_check``."""
     with env_lock(settings.env.backups_dir, "verify"):
         try:
             backup = backupset.find_backup(settings, ref)
@@ -84,8 +87,18 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
             _save(folder, result)
             report.step(f"verify {folder.name}: FAILED: {exc}")
             return result
+        live = settings.env.db_name
+        try:  # before the try below: a refusal for room is not a FAILED verification of the backup
+            recorded, archive = space.recorded_sizes(backup)
+            _, need = space.check_server_room(runtime, live, backup.id, recorded=recorded, archive=archive,
+                                    what=f"backup.verify of {backup.id}",
+                                    retry=f"invoke backup.verify --backup {backup.id} --skip-space-check",
+                                    report=report, skip=skip_space_check)
+        except pg.Error as exc:
+            raise DatabaseUnavailable(f"the database server failed before verifying {backup.id} "
+                                      f"({pg.first_line(exc)}); no result was recorded") from None
         started = datetime.now(UTC)
-        scratch = side_name(settings.env.db_name, "verify")
+        scratch = side_name(live, "verify")
         ok, detail = True, ""
         try:
             preflight(settings, runtime, backup, report, streamed=("database", "uploads"))
@@ -94,7 +107,7 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
             try:
                 checked = pool.submit(backupset.check_uploads, backup)
                 pg.create_database(runtime, scratch)
-                load_archive(runtime, backup, scratch, report)
+                load_archive(runtime, backup, scratch, report, reserve=need)
                 uploads = checked.result()
             finally:
                 pool.shutdown(wait=True)

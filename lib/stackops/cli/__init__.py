@@ -179,3 +179,5 @@ ENV_HELP = "environment: dev, test or prod (default: stackops.default_env)"
 JSON_HELP = "print machine-readable JSON on stdout"
 YES_HELP = "confirm a destructive step in a protected environment without a prompt"
 DRY_RUN_HELP = "run every check and print the plan; change nothing"
+SKIP_SPACE_HELP = ("load even when the database server's disk looks too small for the copy (the estimate: the "
+                   "database's size when backed up x1.25 + WAL + 64 MiB); a full server disk can stop PostgreSQL")

@@ -13,6 +13,7 @@ from stackops.cli import (
     DRY_RUN_HELP,
     ENV_HELP,
     JSON_HELP,
+    SKIP_SPACE_HELP,
     YES_HELP,
     confirm,
     guarded,
@@ -139,9 +140,9 @@ def print_list(s: Any) -> None:
 
 @task(help={"backup": "backup id or folder (default: the newest)",
             "latest": "verify the newest backup", "all": "verify every backup (damaged ones too: they fail)",
-            "env": ENV_HELP, "json": JSON_HELP})
+            "env": ENV_HELP, "json": JSON_HELP, "skip_space_check": SKIP_SPACE_HELP})
 @guarded
-def verify(c, backup=None, latest=False, all=False, env=None, json=False):
+def verify(c, backup=None, latest=False, all=False, env=None, json=False, skip_space_check=False):
     """Restore into a scratch database, compare with the manifest, record the result."""
     from stackops.backupset import scan
     from stackops.verify import verify_backup
@@ -154,7 +155,7 @@ def verify(c, backup=None, latest=False, all=False, env=None, json=False):
     refs = [b.id for b in sets] + [d.id for d in damaged] if all else [backup or "latest"]
     if latest:
         refs = ["latest"]
-    results = [verify_backup(s, rt, ref, report=report) for ref in refs]
+    results = [verify_backup(s, rt, ref, report=report, skip_space_check=skip_space_check) for ref in refs]
     report.summary(f"verify of {len(results)} backup(s)")
     if json:
         print_json(results)

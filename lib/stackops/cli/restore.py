@@ -12,6 +12,7 @@ from stackops.cli import (
     DRY_RUN_HELP,
     ENV_HELP,
     JSON_HELP,
+    SKIP_SPACE_HELP,
     YES_HELP,
     confirm,
     guarded,
@@ -24,7 +25,8 @@ from stackops.cli import (
 )
 
 
-def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_json: bool, uploads: bool) -> None:
+def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_json: bool, uploads: bool,
+             skip_space_check: bool) -> None:
     from stackops.migrate.files import newest_version
     from stackops.restore import restore_database, restore_plan
 
@@ -46,11 +48,12 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
             pull_set(s, backup, report=report)
     rt = runtime(s, report)
     newest = newest_version(s.migrations.directory)
-    plan = restore_plan(s, rt, backup, report=report, uploads=uploads, newest_migration=newest)
+    plan = restore_plan(s, rt, backup, report=report, uploads=uploads, newest_migration=newest,
+                        skip_space_check=skip_space_check)
     if not proceed(plan, yes=yes, dry_run=dry_run, as_json=as_json):
         return
     result = restore_database(s, rt, backup, report=report, uploads=uploads, newest_migration=newest,
-                              approve=lambda counts_plan: confirm(counts_plan, yes))
+                              approve=lambda counts_plan: confirm(counts_plan, yes), skip_space_check=skip_space_check)
     report.summary(f"restore of {result.source}")
     if as_json:
         print_json(result)
@@ -65,21 +68,21 @@ def _restore(c: Any, backup: str, env: str | None, yes: bool, dry_run: bool, as_
 
 HELP = {"backup": "backup id, folder, `latest`, or a guide-format database_backup_*.sql.gz (restore.db)",
         "env": ENV_HELP, "yes": YES_HELP, "dry_run": DRY_RUN_HELP,
-        "json": JSON_HELP}
+        "json": JSON_HELP, "skip_space_check": SKIP_SPACE_HELP}
 
 
 @task(default=True, help=HELP)
 @guarded
-def full(c, backup, env=None, yes=False, dry_run=False, json=False):
+def full(c, backup, env=None, yes=False, dry_run=False, json=False, skip_space_check=False):
     """Full recovery: database and uploads from one backup, swapped in after checks."""
-    _restore(c, backup, env, yes, dry_run, json, uploads=True)
+    _restore(c, backup, env, yes, dry_run, json, uploads=True, skip_space_check=skip_space_check)
 
 
 @task(help=HELP)
 @guarded
-def db(c, backup, env=None, yes=False, dry_run=False, json=False):
+def db(c, backup, env=None, yes=False, dry_run=False, json=False, skip_space_check=False):
     """Restore the database only (the guide's `restore_db FILE`), keeping the old one beside it."""
-    _restore(c, backup, env, yes, dry_run, json, uploads=False)
+    _restore(c, backup, env, yes, dry_run, json, uploads=False, skip_space_check=skip_space_check)
 
 
 @task(help={"env": ENV_HELP, "json": JSON_HELP})

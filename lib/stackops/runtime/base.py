@@ -100,6 +100,12 @@ class Runtime(abc.ABC):
         return Cmd(cmd.argv, {**cmd.env, **extra_env}, cmd.user, cmd.cwd)
 
     @abc.abstractmethod
+    def server_free_bytes(self) -> int | None:
+        """Bytes free (for an unprivileged user) on the filesystem of the database server's data
+        directory, where a restore's or verify's second database is written; None when this runtime
+        cannot know (a server stackops does not manage). Never raises because it cannot tell."""
+
+    @abc.abstractmethod
     def server_major(self) -> int:
         """The PostgreSQL major version of the environment's server."""
 

@@ -293,6 +293,19 @@ class ComposeRuntime(Runtime):
             out[service] = f"{ref}@{digest}"
         return out
 
+    def server_free_bytes(self) -> int | None:
+        """``df -P -k`` of the database container's PGDATA (the volume the server writes), run in the
+        container (GNU and busybox df both take these flags); None when that fails."""
+        try:
+            c = self.container(DATABASE)
+            data = self._container_env(c).get("PGDATA") or "/var/lib/postgresql/data"
+            code, out = c.exec_run(["df", "-P", "-k", data], demux=False)
+            if code != 0:
+                return None
+            return int(bytes(out).decode(errors="replace").strip().splitlines()[-1].split()[3]) * 1024
+        except Exception:  # an engine error, an odd df: unknown, never a failure
+            return None
+
     def server_major(self) -> int:
         out = run(Cmd([which("docker", DOCKER_INSTALL), "exec", str(self.container(DATABASE).id),
                        "postgres", "--version"])).stdout

@@ -81,6 +81,10 @@ class ExternalRuntime(WithoutImages, Runtime):
             env["PGPASSFILE"] = str(self._pgpass)
         return Cmd([str(pg_bindir(self.settings, self.server_major()) / tool)], env=env)
 
+    def server_free_bytes(self) -> int | None:
+        """A managed server's disk is the provider's: stackops cannot see it."""
+        return None
+
     def redis_url(self) -> str:
         return f"redis://{self.env.db_host}:{self.env.ports.redis}/0"
 

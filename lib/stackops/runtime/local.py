@@ -162,6 +162,13 @@ class LocalRuntime(WithoutImages, Runtime):
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.env.ports.redis}/0"
 
+    def server_free_bytes(self) -> int | None:
+        """statvfs of the data directory (new databases go to its ``base/``, their WAL to its ``pg_wal``)."""
+        try:
+            return shutil.disk_usage(self.pg_data).free
+        except OSError:  # not initialised yet
+            return None
+
     def image_digests(self) -> dict[str, str]:
         return {}
 
