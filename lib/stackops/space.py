@@ -115,6 +115,8 @@ def server_room(runtime: Runtime, live: str, source: str, *, recorded: int | Non
         wal_max = pg.max_wal_size(conn)
     if recorded is not None:
         copy, basis = recorded, f"the database was {human_bytes(recorded)} when {source} was taken"
+    elif not archive:  # the backup not taken yet (the update's, for its rollback): the live database's size
+        copy, basis = live_size, f"the live {live} is {human_bytes(live_size)}"
     else:
         copy = max(live_size, archive)
         basis = (f"{source} records no database size: the live {live} is {human_bytes(live_size)}, "

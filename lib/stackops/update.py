@@ -40,7 +40,7 @@ from stackops.migrate.history import compute_status, history_exists, read_histor
 from stackops.report import Check, Plan, Reporter, human_bytes
 from stackops.restore import restore_database
 from stackops.runtime.base import NO_IMAGES, Runtime
-from stackops.space import backup_need, free_bytes
+from stackops.space import backup_need, free_bytes, server_room
 from stackops.updatejournal import clear, journal_path, journal_status, read_journal, write
 
 
@@ -106,6 +106,21 @@ class _Timer:
 
 
 # ----- preflight -------------------------------------------------------------------------------------
+def _rollback_room(settings: Settings, runtime: Runtime) -> Check:
+    """A failed update is rolled back by restoring its backup beside the live database: an update whose
+    rollback the server's disk could not hold (a full data disk PANICs PostgreSQL) is refused before it
+    starts, not found out half-way."""
+    live = settings.env.db_name
+    room = server_room(runtime, live, "the update's backup", recorded=None, archive=0)
+    name = "server disk for a rollback"
+    if room.free is None:
+        return Check(name, True, f"unknown to the {runtime.kind} runtime: not checked (a rollback needs about "
+                                 f"{human_bytes(room.need)})")
+    return Check(name, not room.short, f"{human_bytes(room.free)} free on the database server's disk, restoring "
+                                       f"{live} beside itself needs about {human_bytes(room.need)} ({room.why})",
+                 "free space on the database server's disk (`invoke restore.previous` lists kept copies) or grow it")
+
+
 def preflight(settings: Settings, runtime: Runtime) -> tuple[list[Check], list[str]]:
     """Every check that runs before an update changes anything; (checks, pending migration names)."""
     env = settings.env.name
@@ -139,6 +154,7 @@ def preflight(settings: Settings, runtime: Runtime) -> tuple[list[Check], list[s
                             f"{human_bytes(free)} free in {settings.env.backups_dir}, a backup needs about "
                             f"{human_bytes(need)} ({why})",
                             f"free space: `invoke backup.prune --env {env}`"))
+        checks.append(_rollback_room(settings, runtime))
     except (StackopsError, pg.Error, OSError) as exc:
         checks.append(Check("database answers", False, pg.first_line(exc), f"`invoke env.up --env {env}`"))
     return checks, pending

@@ -19,9 +19,10 @@ import pytest
 
 from stackops.backupset import MANIFEST, VERIFICATION
 from stackops.config import Settings
-from stackops.errors import StorageFull
+from stackops.errors import StorageFull, UpdateRefused
 from stackops.report import NullReporter
 from stackops.runtime.local import LocalRuntime
+from stackops.update import preflight
 from tests.conftest import Fresh
 from tests.faults.backup_helpers import add_uploads, fingerprint, listed, one_line, populate, run_cli
 from tests.integration.test_local_runtime import own_env
@@ -115,3 +116,20 @@ def test_restore_and_verify_are_refused_when_the_server_disk_cannot_hold_the_cop
     assert restore.returncode == 0, restore.stderr
     assert fingerprint(small_server) == before
     assert len(databases(settings, rt)) == 2  # the live one and the replaced one kept beside it
+
+
+def test_an_update_whose_rollback_the_server_disk_cannot_hold_is_refused_before_it_starts(
+        small_server: Fresh) -> None:
+    settings, rt = small_server.settings, small_server.runtime
+    populate(small_server, users=50, blob_bytes=24 * MiB)
+    before = fingerprint(small_server)
+    filler = leave_free(rt.pg_home, 24 * MiB)
+    proc = run_cli(settings, "update")
+    line = one_line(proc, UpdateRefused.exit_code)
+    assert "update refused before changing anything: server disk for a rollback:" in line, line
+    assert "free on the database server's disk, restoring" in line and "needs about" in line, line
+    assert listed(settings) == []  # not even the update's backup was taken
+    filler.unlink()
+    assert fingerprint(small_server) == before
+    row = next(c for c in preflight(settings, rt)[0] if c.name == "server disk for a rollback")
+    assert row.ok, row.detail
