@@ -568,12 +568,24 @@ def list_backups(settings: Settings) -> list[BackupSet]:
     return scan(settings)[0]
 
 
-def latest(settings: Settings, now: datetime | None = None) -> BackupSet:
-    """The newest complete backup that did not start in the future (a wrong clock must not pick it)."""
+def latest(settings: Settings, now: datetime | None = None, report: Reporter | None = None) -> BackupSet:
+    """The newest complete backup that did not start in the future (a wrong clock must not pick it);
+    the sets passed over for that are named (a warning on ``report``; in the error when none is left)."""
     moment = now or datetime.now(UTC)
+    future = []
     for b in list_backups(settings):
-        if b.started_at <= moment:
-            return b
+        if b.started_at > moment:
+            future.append(b.id)
+            continue
+        if future and report is not None:
+            report.warn(f"{len(future)} newer set(s) dated in the future passed over for `latest` "
+                        f"({', '.join(future[:3])}{', ...' if len(future) > 3 else ''}): check this host's "
+                        f"clock; name one by its id to use it")
+        return b
+    if future:
+        raise BackupNotFound(f"no backup in {settings.env.backups_dir} started before now: {len(future)} "
+                             f"dated in the future ({', '.join(future[:3])}{', ...' if len(future) > 3 else ''}); "
+                             "check this host's clock, or name one by its id")
     raise BackupNotFound(f"no backups in {settings.env.backups_dir}: take one with `invoke backup`")
 
 
@@ -599,10 +611,10 @@ def resolve_ref(settings: Settings, ref: str) -> Path:
     raise BackupNotFound(f"backup {ref!r} not found in {root}: {hint}")
 
 
-def find_backup(settings: Settings, ref: str) -> BackupSet:
+def find_backup(settings: Settings, ref: str, report: Reporter | None = None) -> BackupSet:
     """A backup by id, folder path inside the backups folder, or ``latest``; a damaged one raises BackupCorrupt."""
     if ref == "latest":
-        return latest(settings)
+        return latest(settings, report=report)
     return open_set(resolve_ref(settings, ref))
 
 

@@ -353,7 +353,7 @@ def push_set(settings: Settings, ref: str, *, report: Reporter, remote: Remote |
     uploaded under ``.tmp-<id>/``, read back and checked, renamed, then its index written last."""
     r = remote or Remote(settings)
     started = time.monotonic()
-    backup = backupset.find_backup(settings, ref)
+    backup = backupset.find_backup(settings, ref, report)
     recipients = settings.offsite.recipients
     if _already(settings, r, backup):
         report.info(f"{backup.id} is already complete on {r.display}")

@@ -544,14 +544,14 @@ def _swap_uploads(settings: Settings, runtime: Runtime, state: dict[str, Any], r
     report.info(f"swapped in the restored uploads; the previous ones are kept as {u['previous']}")
 
 
-def _source(settings: Settings, ref: str, uploads: bool) -> BackupSet | Path:
+def _source(settings: Settings, ref: str, uploads: bool, report: Reporter) -> BackupSet | Path:
     """The backup set ``ref`` names, or the guide-format dump file it is; refused when ``uploads`` are
     asked of something that holds none."""
     if is_plain_dump(ref):
         if uploads:
             raise BackupError(f"{ref} is a database-only dump: use `invoke restore.db {ref}`")
         return Path(ref)
-    backup = find_backup(settings, ref)
+    backup = find_backup(settings, ref, report)
     if uploads and backup.file("uploads") is None:
         raise BackupError(f"backup {backup.id} is a {backup.kind} backup without uploads: use "
                           f"`invoke restore.db {backup.id}` or pick a full backup")
@@ -563,7 +563,7 @@ def restore_plan(settings: Settings, runtime: Runtime, ref: str, *, report: Repo
     """What a restore would do, after running every check it would run first (nothing is touched)."""
     env = settings.env
     live = env.db_name
-    found = _source(settings, ref, uploads)
+    found = _source(settings, ref, uploads, report)
     if isinstance(found, Path):
         check_plain_dump(found)
         source = ref
@@ -605,7 +605,7 @@ def restore_database(settings: Settings, runtime: Runtime, ref: str, *, report: 
     with env_lock(settings.env.backups_dir, "restore"):
         journal.recover(settings, runtime, report)
         try:
-            backup = _source(settings, ref, uploads)
+            backup = _source(settings, ref, uploads, report)
             if isinstance(backup, Path):
                 return _restore_plain(settings, runtime, backup, report, started, approve, skip_space_check)
             # restore.db of a full set: the uploads archive's sha256 is read while the database loads (below)

@@ -80,7 +80,7 @@ def verify_backup(settings: Settings, runtime: Runtime, ref: str, *, report: Rep
     server's disk has no room for the scratch copy, unless ``skip_space_check``."""
     with env_lock(settings.env.backups_dir, "verify"):
         try:
-            backup = backupset.find_backup(settings, ref)
+            backup = backupset.find_backup(settings, ref, report)
         except BackupCorrupt as exc:  # a damaged manifest: record the failure next to it, then report it
             folder = backupset.resolve_ref(settings, ref)
             result = _record(folder.name, False, 0.0, str(exc))

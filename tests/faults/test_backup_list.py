@@ -12,7 +12,7 @@ import pytest
 
 from stackops.backup import create_backup
 from stackops.backupset import MANIFEST, latest, read_manifest, seal
-from stackops.errors import VerifyFailed
+from stackops.errors import BackupNotFound, VerifyFailed
 from stackops.report import NullReporter
 from tests.conftest import Fresh
 from tests.faults.backup_helpers import fingerprint, listed, one_line, populate, run_cli
@@ -72,3 +72,11 @@ def test_latest_skips_a_backup_dated_in_the_future(fresh: Fresh) -> None:
     assert listed(fresh.settings) == [future_id, past.id]  # listed, newest first ...
     assert latest(fresh.settings).id == past.id  # ... but never "latest"
     assert latest(fresh.settings, now + timedelta(days=4)).id == future_id
+    # ... and the operator hears of it: a warning naming the passed-over set, on the command that used `latest`
+    verify = run_cli(fresh.settings, "backup.verify", "--latest")
+    assert verify.returncode == 0, verify.stderr
+    assert f"1 newer set(s) dated in the future passed over for `latest` ({future_id}): check this host's clock" \
+        in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    shutil.rmtree(past.path)  # only the future-dated set left: the error says so, not "no backups"
+    line = one_line(run_cli(fresh.settings, "restore.db", "latest", "--dry-run"), BackupNotFound.exit_code)
+    assert f"started before now: 1 dated in the future ({future_id}); check this host's clock" in line, line
