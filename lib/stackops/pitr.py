@@ -527,20 +527,28 @@ def choose_timeline(found: PitrInfo, histories: dict[int, list[Branch]], records
         check_target(found, target, env_name)
         return TimelineChoice(root, True, [b for b in found.backups if b.stopped_at <= target][-1],
                               _span(root, {}, None), None, None)
-    missing = [tl for tl in newer if tl not in recs]
-    if records is None or missing:
+    # Timeline ids grow in the order restores made them, and each went live right after it was made: the one
+    # live at the target is the newest recorded as live by then. An unrecorded timeline older than it went live
+    # before it (no matter); a newer one is ambiguous unless its branch target, before which it cannot have
+    # gone live, is at or after the target.
+    started = [tl for tl in newer if tl in recs and recs[tl].live_from <= target]
+    chosen = max(started, default=root)
+
+    def branched_after(tl: int) -> bool:
+        stop = histories[tl][-1].stop_time if histories.get(tl) else None
+        return stop is not None and stop >= target
+
+    missing = [tl for tl in newer if tl > chosen and tl not in recs and not branched_after(tl)]
+    if missing:
+        many = len(missing) > 1
         what = (f"{records_file} is damaged" if records is None else
-                f"timeline{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {env_name} "
-                f"{'have' if len(missing) > 1 else 'has'} no record in {records_file} of when "
-                f"{'they' if len(missing) > 1 else 'it'} went live (made before stackops recorded timelines, or "
-                "not by pitr.restore)")
+                f"timeline{'s' if many else ''} {', '.join(map(str, missing))} of {env_name} "
+                f"{'have' if many else 'has'} no record in {records_file} of when {'they' if many else 'it'} went "
+                "live (made before stackops recorded timelines, or not by pitr.restore)")
         raise PitrError(f"{what}: which timeline was live at --to {target.isoformat()} cannot be told, so none is "
                         "guessed; restore without --to (everything archived, the newest timeline) or from a logical "
                         "backup (`invoke restore`)")
-    started = [tl for tl in newer if recs[tl].live_from <= target]
-    chosen = max(started, key=lambda tl: (recs[tl].live_from, tl)) if started else root
-    since = recs[chosen].live_from if chosen in recs else None
-    until = min((recs[tl].live_from for tl in newer if since is None or recs[tl].live_from > since), default=None)
+    until = min((recs[tl].live_from for tl in newer if tl > chosen and tl in recs), default=None)
 
     def line(tl: int) -> list[tuple[int, int | None]]:
         """The timelines ``tl`` descends from, oldest first, each with the LSN where the line leaves it."""

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -216,6 +217,18 @@ def test_a_second_restore_to_a_later_time_follows_the_timeline_that_was_live_the
     assert second.returncode == 0, second.stderr
     assert _ids(rt) == list(range(1, 101))  # the t2 state of timeline 1: A and B, not C, not D
     assert plan.returncode == 0 and "timeline 1" in plan.stdout, plan.stdout + plan.stderr
+    recorded = pitr.timeline_records(settings, pitr.info(settings, rt).system_id)
+    assert recorded is not None and sorted(recorded) == [2, 3] and recorded[3].parent == 1, recorded
+    # the check after recovery, on the real result (timeline 3, from timeline 1 before the first commit after t2):
+    # it refuses what the old restore produced, a recovery along another timeline than the one live at the target
+    moment = datetime.fromisoformat(t2)
+    right = pitr.TimelineChoice(1, True, replace(pitr.info(settings, rt).backups[0], lsn_stop=""), "", None, None)
+    with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+        assert pitr.verify_recovery(conn, right, moment)[0] == 3
+        with pytest.raises(StackopsError, match="followed timeline 1, not timeline 2"):
+            pitr.verify_recovery(conn, replace(right, timeline=2), moment)
+        with pytest.raises(StackopsError, match="after timeline 1 stopped being live"):
+            pitr.verify_recovery(conn, replace(right, until=moment), moment)
 
     plan = invoke_cli("pitr.restore", "--to", t3, "--env", "test", "--dry-run", env=env)
     assert plan.returncode == 0 and "timeline 2" in plan.stdout, plan.stdout + plan.stderr

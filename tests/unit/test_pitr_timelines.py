@@ -64,7 +64,7 @@ def test_a_backup_on_the_parent_after_the_branch_point_is_not_used() -> None:
 
 
 def test_a_timeline_whose_backups_expired_is_refused_in_one_line() -> None:
-    with pytest.raises(PitrError, match="timeline 1 .*expired") as err:
+    with pytest.raises(PitrError, match=r"timeline 1 .*expired") as err:
         choose_timeline(info(*BACKUPS[1:]), HISTORIES, RECORDS, at(20), "test")
     assert "\n" not in str(err.value)
 
@@ -74,6 +74,16 @@ def test_several_timelines_without_a_record_are_refused_never_guessed() -> None:
         choose_timeline(info(*BACKUPS), HISTORIES, {2: RECORDS[2]}, at(55), "test")
     with pytest.raises(PitrError, match="is damaged"):
         choose_timeline(info(*BACKUPS), HISTORIES, None, at(55), "test")
+    with pytest.raises(PitrError, match="timeline 2 of test has no record"):  # 2 may have gone live by then
+        choose_timeline(info(*BACKUPS), HISTORIES, {3: RECORDS[3]}, at(40), "test")
+
+
+def test_an_unrecorded_timeline_that_cannot_matter_is_no_reason_to_refuse() -> None:
+    only_3 = {3: RECORDS[3]}
+    # timeline 2 was made before timeline 3, so it went live before it: at minute 55 timeline 3 was live
+    assert choose_timeline(info(*BACKUPS), HISTORIES, only_3, at(55), "test").timeline == 3
+    # timeline 2 was restored to minute 10: it cannot have been live at minute 5
+    assert choose_timeline(info(*BACKUPS), HISTORIES, only_3, at(5), "test").timeline == 1
 
 
 def test_one_timeline_needs_no_record_and_no_target_follows_the_newest() -> None:
