@@ -703,13 +703,13 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     if rt.postgres_pid() is not None:
         report.step("archiving the live cluster's current WAL (pgbackrest check)")
         repo.pgbackrest("check", what="pgbackrest check", timeout=300)
+    choice = choose_for(settings, repo, target)  # before anything is made: a refusal leaves nothing behind
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     side_dir = rt.pg_home / f"{SIDE_PREFIX}{stamp}"
     side_dir.mkdir(mode=0o700)
     if rt.run_as is not None:
         pw = pwd.getpwnam(rt.run_as)
         os.chown(side_dir, pw.pw_uid, pw.pw_gid)
-    choice = choose_for(settings, repo, target)
     report.step(f"restoring into {side_dir} (pgbackrest restore {follow_text(choice, target)})")
     if target is None:
         repo.pgbackrest("restore", what="pgbackrest restore", pg1_path=str(side_dir))

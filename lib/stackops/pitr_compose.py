@@ -94,13 +94,13 @@ IMAGE_HINT = ("build an image with it: `invoke pitr.image` (compose/images/postg
 # The side container: restore into the side folder, then run the restored cluster there (archiving off).
 SIDE_SCRIPT = r"""
 set -euo pipefail
-side=$1; stanza=$2; conf=$3; target=$4; timeline=$5; set=$6
+side=$1; stanza=$2; conf=$3; target=$4; timeline=$5; backup_set=$6
 mkdir -p -m 0700 "${side%/*}"
 rm -rf "$side"
 mkdir -m 0700 "$side"
 opts=(--config="$conf" --stanza="$stanza" --pg1-path="$side" --log-level-console=warn)
 if [ -n "$target" ]; then
-  opts+=(--type=time --target="$target" --target-action=promote --target-timeline="$timeline" --set="$set")
+  opts+=(--type=time --target="$target" --target-action=promote --target-timeline="$timeline" --set="$backup_set")
 fi
 pgbackrest "${opts[@]}" restore
 echo "stackops: restored into $side, replaying WAL" >&2
