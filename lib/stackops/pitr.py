@@ -90,6 +90,8 @@ class PitrRestoreResult:
     row_counts: dict[str, int]
     seconds: float
     side_port: int
+    followed: int = 0   # the timeline recovery followed (the one live at the target)
+    timeline: int = 0   # the restored cluster's new timeline
 
 
 # ----- pgBackRest ----------------------------------------------------------------------------------
@@ -504,7 +506,7 @@ def _span(tl: int, records: dict[int, TimelineRecord], until: datetime | None) -
     start = ("live from the start" if rec is None else
              f"live from {rec.live_from.isoformat(timespec='seconds')}, restored from timeline {rec.parent} "
              f"to {rec.target}")
-    return start + (f" until {until.isoformat(timespec='seconds')}" if until is not None else ", still live")
+    return start + (f", until {until.isoformat(timespec='seconds')}" if until is not None else ", still live")
 
 
 def choose_timeline(found: PitrInfo, histories: dict[int, list[Branch]], records: dict[int, TimelineRecord] | None,
@@ -797,7 +799,8 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
         report.step("taking a new full pgBackRest backup of the new timeline")
         repo.pgbackrest("backup", what="pgbackrest backup after the restore", type="full")
     return PitrRestoreResult(target.isoformat() if target else "end of archive", label, str(kept), counts,
-                             round(time.monotonic() - started, 2), side.env.ports.postgres)
+                             round(time.monotonic() - started, 2), side.env.ports.postgres,
+                             branch.parent if branch else timeline, timeline)
 
 
 SWAP_JOURNAL = ".pitr-local-journal.json"  # in the environment's backups folder, while the data folder is swapped

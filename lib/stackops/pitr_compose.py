@@ -615,7 +615,8 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
         live.pgbackrest("backup", what="pgbackrest backup after the restore", type="full")
     return PitrRestoreResult(target.isoformat() if target else "end of archive", label,
                              f"{live.work}/{state['kept']} (volume {live.data_volume})", counts,
-                             round(time.monotonic() - started, 2), 5432)
+                             round(time.monotonic() - started, 2), 5432, branch.parent if branch else timeline,
+                             timeline)
 
 
 def kept_clusters(settings: Settings, runtime: Runtime) -> list[str]:

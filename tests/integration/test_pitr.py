@@ -216,6 +216,7 @@ def test_a_second_restore_to_a_later_time_follows_the_timeline_that_was_live_the
     second = invoke_cli("pitr.restore", "--to", t2, "--env", "test", env=env)
     assert second.returncode == 0, second.stderr
     assert _ids(rt) == list(range(1, 101))  # the t2 state of timeline 1: A and B, not C, not D
+    assert "along timeline 1 (now timeline 3)" in second.stdout, second.stdout
     assert plan.returncode == 0 and "timeline 1" in plan.stdout, plan.stdout + plan.stderr
     recorded = pitr.timeline_records(settings, pitr.info(settings, rt).system_id)
     assert recorded is not None and sorted(recorded) == [2, 3] and recorded[3].parent == 1, recorded
