@@ -62,12 +62,18 @@ from stackops.pitr import (
     PitrRestoreResult,
     archiving_off,
     check_backup_type,
-    check_target,
+    choose_for,
     create_stanza,
+    follow_text,
+    forget_timeline,
+    journal_timeline,
     last_error_line,
     parse_info,
     pgbackrest_error,
+    record_timeline,
+    side_branch,
     take_backup,
+    verify_recovery,
 )
 from stackops.proc import Cmd, run, which
 from stackops.report import Check, NullReporter, Plan, Reporter
@@ -88,12 +94,14 @@ IMAGE_HINT = ("build an image with it: `invoke pitr.image` (compose/images/postg
 # The side container: restore into the side folder, then run the restored cluster there (archiving off).
 SIDE_SCRIPT = r"""
 set -euo pipefail
-side=$1; stanza=$2; conf=$3; target=$4
+side=$1; stanza=$2; conf=$3; target=$4; timeline=$5; backup_set=$6
 mkdir -p -m 0700 "${side%/*}"
 rm -rf "$side"
 mkdir -m 0700 "$side"
 opts=(--config="$conf" --stanza="$stanza" --pg1-path="$side" --log-level-console=warn)
-if [ -n "$target" ]; then opts+=(--type=time --target="$target" --target-action=promote); fi
+if [ -n "$target" ]; then
+  opts+=(--type=time --target="$target" --target-action=promote --target-timeline="$timeline" --set="$backup_set")
+fi
 pgbackrest "${opts[@]}" restore
 echo "stackops: restored into $side, replaying WAL" >&2
 exec postgres -D "$side" -c archive_mode=off -c port=5432 -c listen_addresses='*' \
@@ -358,9 +366,8 @@ def clean_leftovers(settings: Settings, runtime: Runtime, report: Reporter) -> N
 
 def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) -> Plan:
     live = Live(settings, runtime, running=False)  # a stopped (crashed) database is what PITR is for
-    found = live.info()
+    choice = choose_for(settings, live, target)
     stopped = not live.running
-    check_target(found, target, settings.env.name)
     env = settings.env
     where = "the end of the archived WAL" if target is None else target.isoformat()
     work = live.work
@@ -368,9 +375,9 @@ def restore_plan(settings: Settings, runtime: Runtime, target: datetime | None) 
         f"point-in-time restore of {env.name} to {where}", env.name, env.protected,
         [("the live database is stopped: WAL it did not archive before it stopped is not in the repository"
           if stopped else "archive the live cluster's current WAL (pgbackrest check)"),
-         f"restore the newest backup before the target into {work}/side-<time> (inside the data volume "
-         f"{live.data_volume}, beside the live cluster) in a side container without a published port, and "
-         f"replay WAL to {where}",
+         f"restore into {work}/side-<time> (inside the data volume {live.data_volume}, beside the live cluster) in "
+         f"a side container without a published port, and replay WAL {follow_text(choice, target)}",
+         "check that recovery stopped on that timeline, after the backup, at the first commit after the target",
          "check it: connect, row counts, migrate.check's checks (none may fail that pass on the live cluster"
          + ("; the live one is stopped, so it must answer)" if stopped else ")"),
          f"{'keep' if stopped else 'stop'} the live cluster {'' if stopped else 'and keep it '}as {work}/kept-<time> "
@@ -435,16 +442,14 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     if live.c.status == "running":
         report.step("archiving the live cluster's current WAL (pgbackrest check)")
         live.pgbackrest("check", what="pgbackrest check", timeout=300)
-        found = live.info()
-    else:
-        found = PitrInfo(live.stanza, "?", [], None, None, "")
+    choice = choose_for(settings, live, target)
     name = f"side-{_stamp()}"
     side_path = f"{live.work}/{name}"
     when = "" if target is None else target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    where = target.isoformat() if target else "the end of the archive"
-    report.step(f"restoring into {side_path} in a side container (target {where}) and replaying WAL")
+    report.step(f"restoring into {side_path} in a side container and replaying WAL {follow_text(choice, target)}")
     side = live.rt.client.containers.run(
-        live.image, entrypoint=["bash", "-c", SIDE_SCRIPT, "stackops-pitr-side", side_path, live.stanza, CONF, when],
+        live.image, entrypoint=["bash", "-c", SIDE_SCRIPT, "stackops-pitr-side", side_path, live.stanza, CONF, when,
+                                str(choice.timeline), choice.backup.label],
         name=f"{live.rt.project}-pitr-{name}", user="postgres", detach=True, environment=live.env,
         labels={SIDE_LABEL: live.rt.project}, network=live.network,
         volumes={live.data_volume: {"bind": live.pgdata, "mode": "rw"},
@@ -452,11 +457,12 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     side_rt = SideRuntime(settings, side)
     try:
         _wait_promoted(side_rt, time.monotonic() + RECOVERY_WAIT)
+        with pg.connect(side_rt, "postgres", autocommit=True) as conn:
+            verify_recovery(conn, choice, target)
     except BaseException:
         side.remove(force=True)
         raise
-    before = [b for b in found.backups if target is None or b.stopped_at <= target]
-    return name, side_rt, before[-1].label if before else "?"
+    return name, side_rt, choice.backup.label
 
 
 def stop_side(side_rt: SideRuntime) -> None:
@@ -501,11 +507,21 @@ def _clear_journal(settings: Settings) -> None:
 
 
 def _swap(live: Live, state: dict[str, str], report: Reporter) -> None:
-    """Stop the live database, run the swap the journal describes (resumable), start the database."""
+    """Stop the live database, run the swap the journal describes (resumable), start the database. The
+    restored cluster's timeline is recorded as live from the moment the previous one stopped (forgotten again
+    when it is swapped back out)."""
     live.c.reload()
     if live.c.status in ("running", "restarting"):  # restarting: someone started the half-swapped volume
         report.step("stopping the live database")
         live.c.stop(timeout=60)
+    rec = journal_timeline(state)
+    if rec is not None and state["phase"] == "swapping":
+        if not state.get("live_from"):
+            state["live_from"] = rec.live_from.isoformat()
+            _write_journal(live.settings, state)
+        record_timeline(live.settings, rec)
+    elif rec is not None:
+        forget_timeline(live.settings, rec.system_id, rec.timeline)
     if state["phase"] == "swapping":
         report.step(f"swapping: the live cluster to {WORK}/{state['kept']}, the restored one in")
         live.helper(SWAP_SCRIPT, live.pgdata, state["kept"], state["side"])
@@ -560,6 +576,7 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
             report.step("checking the restored cluster")
             with pg.connect(side_rt, autocommit=True) as conn:
                 counts = pg.table_counts(conn)
+                timeline, system_id, branch = side_branch(conn)
             report.info(f"{len(counts)} tables, {sum(counts.values())} rows")
             side_checks = _checks(settings, side_rt, report)
             live_ok = {c.name for c in _checks(settings, live.rt, report) if c.ok} if live_up else set()
@@ -575,7 +592,9 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
                 live.shell('rm -rf "$1"', f"{live.work}/{name}")
             raise
         stamp = name.removeprefix("side-")
-        state = {"phase": "swapping", "side": name, "kept": f"kept-{stamp}", "failed": f"failed-{stamp}"}
+        state = {"phase": "swapping", "side": name, "kept": f"kept-{stamp}", "failed": f"failed-{stamp}",
+                 "timeline": str(timeline), "parent": str(branch.parent if branch else timeline),
+                 "system_id": system_id, "target": target.isoformat() if target else "end of archive"}
         _write_journal(settings, state)
         _swap(live, state, report)
         try:
@@ -596,7 +615,8 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
         live.pgbackrest("backup", what="pgbackrest backup after the restore", type="full")
     return PitrRestoreResult(target.isoformat() if target else "end of archive", label,
                              f"{live.work}/{state['kept']} (volume {live.data_volume})", counts,
-                             round(time.monotonic() - started, 2), 5432)
+                             round(time.monotonic() - started, 2), 5432, branch.parent if branch else timeline,
+                             timeline)
 
 
 def kept_clusters(settings: Settings, runtime: Runtime) -> list[str]:

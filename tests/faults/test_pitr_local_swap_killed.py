@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from stackops.config import Settings
-from stackops.pitr import KEPT_PREFIX, SIDE_PREFIX, SWAP_JOURNAL, write_swap_journal
+from stackops.pitr import KEPT_PREFIX, SIDE_PREFIX, SWAP_JOURNAL, timeline_records, write_swap_journal
 from stackops.report import NullReporter
 from stackops.runtime.local import LocalRuntime
 from tests.conftest import cli_env, free_port, invoke_cli, make_settings
@@ -56,6 +56,9 @@ def _stopped_cluster(tmp_path: Path) -> Iterator[tuple[Settings, LocalRuntime]]:
         shutil.rmtree(rt.pg_home, ignore_errors=True)  # the cluster lives outside tmp_path (state hash)
 
 
+TIMELINE = {"timeline": "2", "parent": "1", "system_id": "7", "target": "2026-11-30T12:00:00+00:00"}
+
+
 @pytest.mark.parametrize("killed_after", ["journal", "first rename"])
 def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_empty_cluster(
         tmp_path: Path, killed_after: str) -> None:
@@ -69,7 +72,7 @@ def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_
             conn.execute("CREATE TABLE written_after_target AS SELECT 1 AS id")  # only the live cluster has it
         rt.stop_postgres(NullReporter())
         # what pitr.restore leaves when killed: the journal first, then (maybe) the first rename
-        write_swap_journal(settings, rt, side, kept)
+        write_swap_journal(settings, rt, side, kept, timeline=TIMELINE)
         if killed_after == "first rename":
             rt.pg_data.rename(kept)
 
@@ -81,6 +84,9 @@ def test_kill_9_in_the_local_pitr_swap_is_finished_by_the_next_command_never_an_
         assert _count(rt, "written_after_target") is None
         assert (kept / "PG_VERSION").is_file() and not side.exists()  # the live one kept aside, whole
         assert not (settings.env.backups_dir / SWAP_JOURNAL).exists()
+        # the restored cluster's timeline is recorded as live (a later restore to a time follows it from then on)
+        recorded = timeline_records(settings, "7")
+        assert recorded is not None and recorded[2].parent == 1 and recorded[2].target == TIMELINE["target"]
 
 
 def test_a_killed_local_swap_whose_restored_cluster_will_not_start_is_rolled_back_by_the_next_command(
@@ -90,7 +96,7 @@ def test_a_killed_local_swap_whose_restored_cluster_will_not_start_is_rolled_bac
         side, kept = rt.pg_home / f"{SIDE_PREFIX}{stamp}", rt.pg_home / f"{KEPT_PREFIX}{stamp}"
         subprocess.run(["cp", "-a", str(rt.pg_data), str(side)], check=True)
         (side / "global" / "pg_control").unlink()  # a restored cluster that cannot start
-        write_swap_journal(settings, rt, side, kept)
+        write_swap_journal(settings, rt, side, kept, timeline=TIMELINE)
         rt.pg_data.rename(kept)
 
         first = invoke_cli("env.up", "--env", "test", env=cli_env(settings))
@@ -101,4 +107,5 @@ def test_a_killed_local_swap_whose_restored_cluster_will_not_start_is_rolled_bac
         assert _count(rt, "precious") == 500  # the previous cluster serves again, whole
         assert not kept.exists() and side.is_dir()  # the one that failed stays beside it for a look
         assert not (settings.env.backups_dir / SWAP_JOURNAL).exists()
+        assert timeline_records(settings, "7") == {}  # never live: not recorded as a timeline to follow
         assert again.returncode == 0, again.stderr

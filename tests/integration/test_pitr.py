@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -170,3 +171,93 @@ def test_a_failed_enable_turns_archiving_off_again(cluster: tuple[Settings, Loca
         conn.execute("SELECT pg_switch_wal()")
         time.sleep(2)
         assert conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone() == failed  # nothing tries
+
+
+def _write(rt: LocalRuntime, first: int, last: int, body: str) -> None:
+    with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text NOT NULL)")
+        conn.execute("INSERT INTO notes SELECT i, %s FROM generate_series(%s::int, %s::int) i", (body, first, last))
+
+
+def _noted(rt: LocalRuntime) -> str:
+    """A moment with a second of quiet on either side (commit times are never near it)."""
+    time.sleep(1.0)
+    with psycopg.connect(**rt.conninfo()) as conn:
+        moment = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    time.sleep(1.0)
+    return str(moment.isoformat())
+
+
+def _ids(rt: LocalRuntime) -> list[int]:
+    return [i for i, _ in rows(rt) or []]
+
+
+def test_a_second_restore_to_a_later_time_follows_the_timeline_that_was_live_then(
+        cluster: tuple[Settings, LocalRuntime]) -> None:
+    """Rows A at t1, rows B at t2; restore to t1 (timeline 2); then restore to t2. Before, recovery followed
+    the newest timeline (recovery_target_timeline=latest): timeline 2's commits all carry times after the first
+    restore, so replay stopped at its branch point and the t1 state came back, reported as success."""
+    settings, rt = cluster
+    env = env_for(settings)
+    assert invoke_cli("pitr.enable", "--env", "test", env=env).returncode == 0
+    _write(rt, 1, 50, "A")
+    t1 = _noted(rt)
+    _write(rt, 51, 100, "B")
+    t2 = _noted(rt)
+    _write(rt, 101, 120, "C")
+
+    first = invoke_cli("pitr.restore", "--to", t1, "--env", "test", env=env)
+    assert first.returncode == 0, first.stderr
+    assert _ids(rt) == list(range(1, 51))
+    _write(rt, 201, 210, "D")  # on timeline 2
+    t3 = _noted(rt)
+
+    plan = invoke_cli("pitr.restore", "--to", t2, "--env", "test", "--dry-run", env=env)
+    second = invoke_cli("pitr.restore", "--to", t2, "--env", "test", env=env)
+    assert second.returncode == 0, second.stderr
+    assert _ids(rt) == list(range(1, 101))  # the t2 state of timeline 1: A and B, not C, not D
+    assert "along timeline 1 (now timeline 3)" in second.stdout, second.stdout
+    assert plan.returncode == 0 and "timeline 1" in plan.stdout, plan.stdout + plan.stderr
+    recorded = pitr.timeline_records(settings, pitr.info(settings, rt).system_id)
+    assert recorded is not None and sorted(recorded) == [2, 3] and recorded[3].parent == 1, recorded
+    # the check after recovery, on the real result (timeline 3, from timeline 1 before the first commit after t2):
+    # it refuses what the old restore produced, a recovery along another timeline than the one live at the target
+    moment = datetime.fromisoformat(t2)
+    right = pitr.TimelineChoice(1, True, replace(pitr.info(settings, rt).backups[0], lsn_stop=""), "", None, None)
+    with psycopg.connect(**rt.conninfo(), autocommit=True) as conn:
+        assert pitr.verify_recovery(conn, right, moment)[0] == 3
+        with pytest.raises(StackopsError, match="followed timeline 1, not timeline 2"):
+            pitr.verify_recovery(conn, replace(right, timeline=2), moment)
+        with pytest.raises(StackopsError, match="after timeline 1 stopped being live"):
+            pitr.verify_recovery(conn, replace(right, until=moment), moment)
+
+    plan = invoke_cli("pitr.restore", "--to", t3, "--env", "test", "--dry-run", env=env)
+    assert plan.returncode == 0 and "timeline 2" in plan.stdout, plan.stdout + plan.stderr
+    third = invoke_cli("pitr.restore", "--to", t3, "--env", "test", env=env)
+    assert third.returncode == 0, third.stderr
+    assert _ids(rt) == [*range(1, 51), *range(201, 211)]  # timeline 2 at t3: A and D
+
+
+def test_a_target_on_a_timeline_whose_backups_expired_is_refused_and_nothing_changes(
+        cluster: tuple[Settings, LocalRuntime]) -> None:
+    settings, rt = cluster
+    env = env_for(settings)
+    assert settings.pitr.retention_full == 2
+    assert invoke_cli("pitr.enable", "--env", "test", env=env).returncode == 0
+    _write(rt, 1, 50, "A")
+    t1 = _noted(rt)
+    _write(rt, 51, 100, "B")
+    t2 = _noted(rt)
+    first = invoke_cli("pitr.restore", "--to", t1, "--env", "test", env=env)
+    assert first.returncode == 0, first.stderr  # timeline 2, and its full backup
+    full = invoke_cli("pitr.backup", "--env", "test", "--type", "full", env=env)
+    assert full.returncode == 0, full.stderr  # retention_full=2: timeline 1's only backup expires
+    _write(rt, 301, 305, "after")
+
+    refused = invoke_cli("pitr.restore", "--to", t2, "--env", "test", env=env)
+
+    assert refused.returncode != 0, refused.stdout
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "timeline 1" in refused.stderr and "expired" in refused.stderr, refused.stderr
+    assert _ids(rt) == [*range(1, 51), *range(301, 306)]  # the live data untouched, still serving
+    assert not list(rt.pg_home.glob(f"{pitr.SIDE_PREFIX}*"))

@@ -124,8 +124,9 @@ def restore(c, to=None, env=None, yes=False, dry_run=False, json=False):
     if json:
         print_json(result)
     else:
-        print(f"restored {s.env.name} to {result.target} from {result.backup} in {result.seconds}s; "
-              f"the previous data folder is kept as {result.kept_as}")
+        print(f"restored {s.env.name} to {result.target} from {result.backup} along timeline {result.followed} "
+              f"(now timeline {result.timeline}) in {result.seconds}s; the previous data folder is kept as "
+              f"{result.kept_as}")
 
 
 @task(help={"base": "the image to add pgBackRest to (default: the database image the environment's compose "
