@@ -13,7 +13,9 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 
-pytestmark = pytest.mark.integration
+# The quickstart always runs its own local environment (never the compose project under test): on compose
+# the same test would run again unchanged, so it runs in the local `tests` session only.
+pytestmark = [pytest.mark.integration, pytest.mark.local_runtime]
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
