@@ -57,6 +57,7 @@ from stackops.files import atomic_write
 from stackops.lock import env_lock
 from stackops.pitr import (
     RECOVERY_WAIT,
+    Branch,
     PitrBackup,
     PitrInfo,
     PitrRestoreResult,
@@ -506,6 +507,16 @@ def _clear_journal(settings: Settings) -> None:
     (settings.env.backups_dir / JOURNAL).unlink(missing_ok=True)
 
 
+def swap_state(name: str, timeline: int, system_id: str, branch: Branch | None,
+               target: datetime | None) -> dict[str, str]:
+    """The swap journal's first state for the restored cluster in side folder ``name``: the folders, and the
+    timeline it puts live (recorded by ``_swap``, so that a later restore to a time can follow it)."""
+    stamp = name.removeprefix("side-")
+    return {"phase": "swapping", "side": name, "kept": f"kept-{stamp}", "failed": f"failed-{stamp}",
+            "timeline": str(timeline), "parent": str(branch.parent if branch else timeline),
+            "system_id": system_id, "target": target.isoformat() if target else "end of archive"}
+
+
 def _swap(live: Live, state: dict[str, str], report: Reporter) -> None:
     """Stop the live database, run the swap the journal describes (resumable), start the database. The
     restored cluster's timeline is recorded as live from the moment the previous one stopped (forgotten again
@@ -591,10 +602,7 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
             with contextlib.suppress(StackopsError):  # best effort: the next restore removes it (clean_leftovers)
                 live.shell('rm -rf "$1"', f"{live.work}/{name}")
             raise
-        stamp = name.removeprefix("side-")
-        state = {"phase": "swapping", "side": name, "kept": f"kept-{stamp}", "failed": f"failed-{stamp}",
-                 "timeline": str(timeline), "parent": str(branch.parent if branch else timeline),
-                 "system_id": system_id, "target": target.isoformat() if target else "end of archive"}
+        state = swap_state(name, timeline, system_id, branch, target)
         _write_journal(settings, state)
         _swap(live, state, report)
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from stackops import pitr_compose
+from stackops import pg, pitr, pitr_compose
 from stackops.report import NullReporter
 from stackops.runtime.compose import ComposeRuntime
 from tests.compose.conftest import cli, connect, wait_for
@@ -59,9 +59,10 @@ def test_kill_9_in_the_pitr_swap_never_starts_a_mix_and_the_next_command_finishe
     try:
         # restore beside and check, as pitr.restore does, then journal the swap and stop the live cluster
         name, side, _ = pitr_compose.restore_beside(settings, rt, noted, report=NullReporter())
+        with pg.connect(side, autocommit=True) as conn:
+            timeline, system_id, branch = pitr.side_branch(conn)
         pitr_compose.stop_side(side)
-        stamp = name.removeprefix("side-")
-        state = {"phase": "swapping", "side": name, "kept": f"kept-{stamp}", "failed": f"failed-{stamp}"}
+        state = pitr_compose.swap_state(name, timeline, system_id, branch, noted)
         pitr_compose._write_journal(settings, state)
         live = pitr_compose.Live(settings, rt)
         live.c.stop(timeout=60)
@@ -79,6 +80,9 @@ def test_kill_9_in_the_pitr_swap_never_starts_a_mix_and_the_next_command_finishe
         assert not (settings.env.backups_dir / pitr_compose.JOURNAL).exists()
         assert _rows(rt) == list(range(1, 51))  # the restored cluster, whole: the rows of the noted moment
         assert state["kept"] in pitr_compose.kept_clusters(settings, rt)
+        # the finished swap recorded the restored timeline as live: a later restore to a time can follow it
+        recorded = pitr.timeline_records(settings, system_id)
+        assert recorded is not None and timeline in recorded and recorded[timeline].target == noted.isoformat()
         kept = pitr_compose.Live(settings, rt).shell(
             'for f in PG_VERSION global/pg_control base pg_wal; do [ -e "$1/$f" ] && echo "$f"; done; true',
             f"{live.work}/{state['kept']}")
