@@ -572,20 +572,18 @@ def latest(settings: Settings, now: datetime | None = None, report: Reporter | N
     """The newest complete backup that did not start in the future (a wrong clock must not pick it);
     the sets passed over for that are named (a warning on ``report``; in the error when none is left)."""
     moment = now or datetime.now(UTC)
-    future = []
-    for b in list_backups(settings):
-        if b.started_at > moment:
-            future.append(b.id)
-            continue
-        if future and report is not None:
-            report.warn(f"{len(future)} newer set(s) dated in the future passed over for `latest` "
-                        f"({', '.join(future[:3])}{', ...' if len(future) > 3 else ''}): check this host's "
-                        f"clock; name one by its id to use it")
-        return b
+    sets = list_backups(settings)
+    future = [b.id for b in sets if b.started_at > moment]
+    named = f"({', '.join(future[:3])}{', ...' if len(future) > 3 else ''})"
+    for b in sets:
+        if b.started_at <= moment:
+            if future and report is not None:
+                report.warn(f"{len(future)} newer set(s) dated in the future passed over for `latest` {named}: "
+                            "check this host's clock; name one by its id to use it")
+            return b
     if future:
-        raise BackupNotFound(f"no backup in {settings.env.backups_dir} started before now: {len(future)} "
-                             f"dated in the future ({', '.join(future[:3])}{', ...' if len(future) > 3 else ''}); "
-                             "check this host's clock, or name one by its id")
+        raise BackupNotFound(f"no backup in {settings.env.backups_dir} started before now: {len(future)} dated "
+                             f"in the future {named}; check this host's clock, or name one by its id")
     raise BackupNotFound(f"no backups in {settings.env.backups_dir}: take one with `invoke backup`")
 
 
