@@ -691,10 +691,10 @@ def _checks(settings: Settings, runtime: Runtime, report: Reporter) -> list[Chec
 
 
 def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None, *,
-                   report: Reporter) -> tuple[Path, LocalRuntime, str]:
+                   report: Reporter) -> tuple[Path, LocalRuntime, str, tuple[int, str, Branch | None]]:
     """Restore into a new data folder and start it on its own port, promoted at ``target`` (None: the
-    end of the archive). Returns (data folder, a runtime for it, the backup label used). The live
-    cluster is not touched."""
+    end of the archive). Returns (data folder, a runtime for it, the backup label used, its timeline,
+    system identifier and branch as ``verify_recovery`` checked them). The live cluster is not touched."""
     repo = Repo(settings, runtime)
     rt = repo.rt
     if swap_pending(settings) is not None:  # never remove the side folder a pending swap still needs
@@ -732,12 +732,12 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     _wait_promoted(side, side_dir, log, time.monotonic() + RECOVERY_WAIT)
     try:
         with pg.connect(side, "postgres", autocommit=True) as conn:
-            verify_recovery(conn, choice, target)
+            branched = verify_recovery(conn, choice, target)
     except BaseException:
         stop_side(rt, side_dir)
         shutil.rmtree(side_dir, ignore_errors=True)
         raise
-    return side_dir, side, label
+    return side_dir, side, label, branched
 
 
 def stop_side(rt: LocalRuntime, side_dir: Path) -> None:
@@ -751,12 +751,12 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
     repo = Repo(settings, runtime)
     rt = repo.rt
     with env_lock(settings.env.backups_dir, "pitr.restore"):
-        side_dir, side, label = restore_beside(settings, runtime, target, report=report)
+        side_dir, side, label, (timeline, system_id, branch) = restore_beside(settings, runtime, target,
+                                                                              report=report)
         try:
             report.step("checking the restored cluster")
             with pg.connect(side, autocommit=True) as conn:
                 counts = pg.table_counts(conn)
-                timeline, system_id, branch = side_branch(conn)
             report.info(f"{len(counts)} tables, {sum(counts.values())} rows")
             side_checks = _checks(settings, side, report)
             live_ok = {c.name for c in _checks(settings, rt, report) if c.ok} if rt.postgres_pid() else set()

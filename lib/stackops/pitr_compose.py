@@ -72,7 +72,6 @@ from stackops.pitr import (
     parse_info,
     pgbackrest_error,
     record_timeline,
-    side_branch,
     take_backup,
     verify_recovery,
 )
@@ -434,9 +433,10 @@ def _wait_promoted(side_rt: SideRuntime, deadline: float) -> None:
 
 
 def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None, *,
-                   report: Reporter) -> tuple[str, SideRuntime, str]:
+                   report: Reporter) -> tuple[str, SideRuntime, str, tuple[int, str, Branch | None]]:
     """Restore into ``.pitr/side-<time>`` in a side container and wait until it has promoted at ``target``
-    (None: the end of the archive). Returns (side folder name, a runtime for it, the backup label used).
+    (None: the end of the archive). Returns (side folder name, a runtime for it, the backup label used, its
+    timeline, system identifier and branch as ``verify_recovery`` checked them).
     The live cluster is not touched (it may be stopped: after a crash)."""
     live = Live(settings, runtime, running=False)
     clean_leftovers(settings, runtime, report)
@@ -459,11 +459,11 @@ def restore_beside(settings: Settings, runtime: Runtime, target: datetime | None
     try:
         _wait_promoted(side_rt, time.monotonic() + RECOVERY_WAIT)
         with pg.connect(side_rt, "postgres", autocommit=True) as conn:
-            verify_recovery(conn, choice, target)
+            branched = verify_recovery(conn, choice, target)
     except BaseException:
         side.remove(force=True)
         raise
-    return name, side_rt, choice.backup.label
+    return name, side_rt, choice.backup.label, branched
 
 
 def stop_side(side_rt: SideRuntime) -> None:
@@ -582,12 +582,11 @@ def restore(settings: Settings, runtime: Runtime, target: datetime | None, *, re
     live = Live(settings, runtime, running=False)
     with env_lock(settings.env.backups_dir, "pitr.restore"):
         live_up = live.running
-        name, side_rt, label = restore_beside(settings, runtime, target, report=report)
+        name, side_rt, label, (timeline, system_id, branch) = restore_beside(settings, runtime, target, report=report)
         try:
             report.step("checking the restored cluster")
             with pg.connect(side_rt, autocommit=True) as conn:
                 counts = pg.table_counts(conn)
-                timeline, system_id, branch = side_branch(conn)
             report.info(f"{len(counts)} tables, {sum(counts.values())} rows")
             side_checks = _checks(settings, side_rt, report)
             live_ok = {c.name for c in _checks(settings, live.rt, report) if c.ok} if live_up else set()

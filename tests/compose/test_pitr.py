@@ -163,7 +163,7 @@ def test_measured_rpo_after_a_crash_on_compose_is_within_archive_timeout(pitr_pr
     wait_for(lambda: rt.containers()["database"].status != "running", 60, "the database container to die")
     started = time.monotonic()
     try:
-        _name, side, _ = pitr_compose.restore_beside(settings, rt, None, report=NullReporter())
+        _name, side, _, _ = pitr_compose.restore_beside(settings, rt, None, report=NullReporter())
         seconds = time.monotonic() - started
         try:
             with psycopg.connect(**side.conninfo(), autocommit=True) as conn:

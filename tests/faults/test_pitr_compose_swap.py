@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from stackops import pg, pitr, pitr_compose
+from stackops import pitr, pitr_compose
 from stackops.report import NullReporter
 from stackops.runtime.compose import ComposeRuntime
 from tests.compose.conftest import cli, connect, wait_for
@@ -58,9 +58,8 @@ def test_kill_9_in_the_pitr_swap_never_starts_a_mix_and_the_next_command_finishe
         conn.execute("INSERT INTO it_pitr_swap SELECT generate_series(51, 80)")
     try:
         # restore beside and check, as pitr.restore does, then journal the swap and stop the live cluster
-        name, side, _ = pitr_compose.restore_beside(settings, rt, noted, report=NullReporter())
-        with pg.connect(side, autocommit=True) as conn:
-            timeline, system_id, branch = pitr.side_branch(conn)
+        name, side, _, (timeline, system_id, branch) = pitr_compose.restore_beside(settings, rt, noted,
+                                                                                  report=NullReporter())
         pitr_compose.stop_side(side)
         state = pitr_compose.swap_state(name, timeline, system_id, branch, noted)
         pitr_compose._write_journal(settings, state)

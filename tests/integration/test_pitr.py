@@ -138,7 +138,7 @@ def test_measured_rpo_after_a_crash_is_within_archive_timeout(cluster: tuple[Set
     assert len(empty.stderr.strip().splitlines()) == 1, empty.stderr
     os.rename(rt.pg_data, crashed)
     started = time.monotonic()
-    side_dir, side, _ = pitr.restore_beside(settings, rt, None, report=NullReporter())
+    side_dir, side, _, _ = pitr.restore_beside(settings, rt, None, report=NullReporter())
     seconds = time.monotonic() - started
     try:
         with psycopg.connect(**side.conninfo()) as conn:
